@@ -1,0 +1,114 @@
+"""The local content-addressed cache of blobs fetched from a remote registry or reference.
+
+Layout, readable with `ls`: `blobs/<2 hex>/<sha256>` holds whole verified blobs, `tmp/` holds
+fills in progress (a partial download never has a final name), `index.db` records sizes and
+last use for least-recently-used eviction down to the configured size.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import IntegrityError
+from .hashing import hash_file
+
+#: Touching a blob's last-use time at most this often keeps hot reads off SQLite.
+TOUCH_INTERVAL_S = 60.0
+
+
+class BlobCache:
+    """Verified whole blobs by SHA-256, bounded by `limit` bytes."""
+
+    def __init__(self, root: Path, limit: int) -> None:
+        self.root = root
+        self.limit = limit
+        (root / "blobs").mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._touched: dict[str, float] = {}
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.root / "index.db", timeout=60, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, size INTEGER,"
+                " last_used REAL)"
+            )
+            self._local.db = db
+        return db
+
+    def path(self, digest: str) -> Path:
+        return self.root / "blobs" / digest[:2] / digest
+
+    def temp_path(self) -> Path:
+        return self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex}"
+
+    def get(self, digest: str) -> Path | None:
+        """The cached blob's path, or None; marks it as recently used."""
+        p = self.path(digest)
+        if not p.exists():
+            return None
+        now = time.time()
+        if now - self._touched.get(digest, 0.0) > TOUCH_INTERVAL_S:
+            self._touched[digest] = now
+            self._db.execute("UPDATE blobs SET last_used=? WHERE digest=?", (now, digest))
+        return p
+
+    def fill(self, digest: str, fetch: Callable[[Path], None]) -> Path:
+        """Fetch a blob into a temporary file, verify it, then give it its final name."""
+        existing = self.get(digest)
+        if existing is not None:
+            return existing
+        tmp = self.temp_path()
+        try:
+            fetch(tmp)
+            actual, st = hash_file(tmp)
+            if actual != digest:
+                raise IntegrityError(f"fetched bytes of blob {digest} hash to {actual}")
+            final = self.path(digest)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._db.execute(
+            "INSERT OR REPLACE INTO blobs VALUES (?,?,?)", (digest, st.st_size, time.time())
+        )
+        self.evict()
+        return final
+
+    def usage(self) -> tuple[int, int]:
+        """(number of blobs, bytes) currently recorded."""
+        n, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size),0) FROM blobs").fetchone()
+        return n, total
+
+    def evict(self, limit: int | None = None) -> int:
+        """Drop least-recently-used blobs until the cache fits `limit`; returns bytes freed."""
+        limit = self.limit if limit is None else limit
+        _, total = self.usage()
+        freed = 0
+        if total <= limit:
+            return 0
+        rows = self._db.execute("SELECT digest, size FROM blobs ORDER BY last_used").fetchall()
+        for digest, size in rows:
+            if total - freed <= limit:
+                break
+            self.path(digest).unlink(missing_ok=True)
+            self._db.execute("DELETE FROM blobs WHERE digest=?", (digest,))
+            freed += size
+        return freed
+
+    def clean(self) -> int:
+        """Empty the cache; returns bytes freed."""
+        freed = self.evict(0)
+        for p in (self.root / "tmp").iterdir():
+            p.unlink(missing_ok=True)
+        return freed

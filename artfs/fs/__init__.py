@@ -1,0 +1,1 @@
+"""The FUSE client of the core: the registry as a directory tree."""

@@ -1,0 +1,123 @@
+"""Entries, manifests and the artifact digest.
+
+A manifest maps entry paths to what is stored for them. Its canonical JSON (sorted keys, no
+whitespace) is hashed with SHA-256; that hash is the artifact digest, the name the manifest is
+stored under, and what decides whether logging creates a new version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CorruptRecord, InvalidPath
+from .names import check_entry_path
+
+FORMAT = 1
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_sha256(value: object) -> bool:
+    return isinstance(value, str) and bool(_HEX64.match(value))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path inside a version: a stored blob (`digest`) or a reference (`ref`)."""
+
+    path: str
+    size: int | None
+    digest: str | None = None
+    ref: str | None = None
+    #: Checksum information of a reference (etag, version_id, generation, md5, crc32c).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.ref is not None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"size": self.size}
+        if self.digest is not None:
+            out["digest"] = self.digest
+        if self.ref is not None:
+            out["ref"] = self.ref
+        if self.extra:
+            out["extra"] = dict(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, path: str, data: Mapping[str, Any]) -> Entry:
+        size, digest, ref = data.get("size"), data.get("digest"), data.get("ref")
+        if size is not None and (not isinstance(size, int) or size < 0):
+            raise CorruptRecord(f"entry {path!r}: invalid size {size!r}")
+        if digest is not None and not is_sha256(digest):
+            raise CorruptRecord(f"entry {path!r}: invalid digest {digest!r}")
+        if digest is None and ref is None:
+            raise CorruptRecord(f"entry {path!r}: neither a digest nor a reference")
+        if ref is not None and not isinstance(ref, str):
+            raise CorruptRecord(f"entry {path!r}: invalid reference {ref!r}")
+        return cls(path, size, digest, ref, dict(data.get("extra") or {}))
+
+
+class Manifest(Mapping[str, Entry]):
+    """An immutable mapping path → Entry with a canonical serialisation."""
+
+    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+        self._entries: dict[str, Entry] = {}
+        for e in entries:
+            self._entries[e.path] = e
+        self._bytes: bytes | None = None
+
+    def __getitem__(self, path: str) -> Entry:
+        return self._entries[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size(self) -> int:
+        return sum(e.size or 0 for e in self._entries.values())
+
+    def to_bytes(self) -> bytes:
+        if self._bytes is None:
+            doc = {
+                "format": FORMAT,
+                "entries": {p: self._entries[p].to_json() for p in sorted(self._entries)},
+            }
+            self._bytes = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return self._bytes
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, expect_digest: str | None = None) -> Manifest:
+        """Parse a stored manifest, refusing one that was tampered with or escapes its root."""
+        if expect_digest is not None and hashlib.sha256(data).hexdigest() != expect_digest:
+            raise CorruptRecord(f"manifest {expect_digest} does not match its digest")
+        try:
+            doc = json.loads(data)
+            raw = doc["entries"]
+            if doc.get("format") != FORMAT or not isinstance(raw, dict):
+                raise ValueError("unknown format")
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptRecord(f"manifest {expect_digest or ''} is malformed: {e}") from e
+        entries = []
+        for path, data_ in raw.items():
+            try:
+                clean = check_entry_path(path)
+            except InvalidPath as e:
+                raise CorruptRecord(f"manifest {expect_digest or ''}: {e}") from e
+            if clean != path or not isinstance(data_, dict):
+                raise CorruptRecord(f"manifest {expect_digest or ''}: bad entry {path!r}")
+            entries.append(Entry.from_json(path, data_))
+        return cls(entries)

@@ -1,0 +1,677 @@
+"""Versions, aliases, runs and lineage on top of any `Store`.
+
+Key layout (one prefix per entity, so a bucket policy on `entities/<entity>/` grants or denies
+everything of that entity, its blobs included):
+
+    registry.json                                          marks the location as a registry
+    entities/<e>/blobs/<2 hex>/<sha256>                    file bytes, stored once per entity
+    entities/<e>/manifests/<2 hex>/<sha256>.json           manifests by artifact digest
+    entities/<e>/projects/<p>/runs/<run id>.json           runs with their inputs and outputs
+    entities/<e>/projects/<p>/artifacts/<n>/artifact.json  the artifact's type, fixed at creation
+        .../versions/v<N>.json                             immutable version records
+        .../meta/v<N>.json                                 description/metadata edited later
+        .../aliases/<alias>.json                           {"version": N}
+        .../digests/<sha256>.json                          artifact digest → version (dedup)
+        .../used_by/v<N>/<run entity>/<run project>/<run id>   reverse lineage
+
+Concurrency without a server: a version number is taken by creating `versions/v<N>.json` only
+if absent, so two writers can never both own one. Before taking a number, a writer claims the
+artifact digest (`digests/<d>.json`, create-only), so the same contents logged twice at once
+become one version. Aliases are written only after the version they name exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import config
+from .cache import BlobCache
+from .errors import (
+    ArtifactNotFound,
+    CorruptRecord,
+    FileChangedError,
+    IntegrityError,
+    InvalidMetadata,
+    KeyNotFound,
+    NotARegistry,
+    TypeMismatch,
+)
+from .hashing import HashCache, copy_and_hash, hash_file, stat_key
+from .manifest import Entry, Manifest, is_sha256
+from .names import LATEST, ArtifactRef, check_alias, check_name
+from .store import Store, open_store
+from .store.local import LocalStore
+
+MARKER_KEY = "registry.json"
+MARKER = {"format": "artfs-registry", "version": 1}
+#: A digest claim older than this whose owner cannot be checked is taken over; a commit holds
+#: its claim only for the few metadata writes after all bytes are uploaded.
+CLAIM_TTL_S = 120.0
+#: Parallel blob uploads/downloads; the stores keep this many connections open.
+TRANSFER_WORKERS = 8
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _load(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise CorruptRecord(f"{what} is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise CorruptRecord(f"{what} is not a JSON object")
+    return doc
+
+
+@dataclass
+class Version:
+    """One committed version, with its mutable description/metadata folded in."""
+
+    entity: str
+    project: str
+    name: str
+    type: str
+    version: int
+    digest: str
+    size: int
+    file_count: int
+    created_at: str
+    logged_by: str | None
+    description: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"v{self.version}"
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.entity}/{self.project}/{self.name}:v{self.version}"
+
+
+@dataclass
+class RunRecord:
+    """One pipeline step and the versions it used and logged."""
+
+    entity: str
+    project: str
+    id: str
+    job_type: str
+    created_at: str
+    finished_at: str | None = None
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file to be stored under `path` in the next version."""
+
+    path: str
+    file: Path
+
+
+@dataclass
+class CommitResult:
+    version: Version
+    created: bool
+
+
+def _artifact_prefix(e: str, p: str, n: str) -> str:
+    return f"entities/{e}/projects/{p}/artifacts/{n}/"
+
+
+class Registry:
+    """The registry at one location, with this machine's cache of its blobs."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        cache_dir: Path | None = None,
+        cache_size: int | None = None,
+        create: bool = True,
+    ) -> None:
+        self.url = url or config.registry_url()
+        self.store: Store = open_store(self.url)
+        self._check_marker(create)
+        cdir = cache_dir or config.cache_dir()
+        self.cache = BlobCache(cdir, config.cache_size() if cache_size is None else cache_size)
+        self.hashes = HashCache(cdir / "hashes.db")
+        self._local = self.store if isinstance(self.store, LocalStore) else None
+        if self._local is not None:
+            self._local.sweep_temp()
+
+    def _check_marker(self, create: bool) -> None:
+        try:
+            doc = _load(self.store.get(MARKER_KEY), f"registry marker in {self.url}")
+        except KeyNotFound:
+            if isinstance(self.store, LocalStore):
+                root = self.store.root
+                if root.exists() and not root.is_dir():
+                    raise NotARegistry(f"{self.url} is a file, not an artfs registry") from None
+                if root.is_dir() and any(p.name not in (".tmp", ".locks") for p in root.iterdir()):
+                    raise NotARegistry(
+                        f"{self.url} is a non-empty directory that is not an artfs registry "
+                        f"(no {MARKER_KEY}); point ARTFS_REGISTRY at an empty or existing registry"
+                    ) from None
+            if not create:
+                raise NotARegistry(f"no artfs registry at {self.url}") from None
+            self.store.put_if_absent(MARKER_KEY, _json(MARKER))
+            return
+        except CorruptRecord as e:
+            raise NotARegistry(f"{self.url} is not an artfs registry: {e}") from e
+        if doc.get("format") != MARKER["format"]:
+            raise NotARegistry(f"{self.url} is not an artfs registry ({MARKER_KEY} says otherwise)")
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- keys ---------------------------------------------------------------------------------
+    @staticmethod
+    def blob_key(entity: str, digest: str) -> str:
+        return f"entities/{entity}/blobs/{digest[:2]}/{digest}"
+
+    @staticmethod
+    def manifest_key(entity: str, digest: str) -> str:
+        return f"entities/{entity}/manifests/{digest[:2]}/{digest}.json"
+
+    # -- listing ------------------------------------------------------------------------------
+    def entities(self) -> list[str]:
+        return self.store.list_dirs("entities/")
+
+    def projects(self, entity: str) -> list[str]:
+        return self.store.list_dirs(f"entities/{entity}/projects/")
+
+    def artifacts(self, entity: str, project: str) -> list[str]:
+        return self.store.list_dirs(f"entities/{entity}/projects/{project}/artifacts/")
+
+    def artifact_type(self, entity: str, project: str, name: str) -> str | None:
+        key = _artifact_prefix(entity, project, name) + "artifact.json"
+        try:
+            doc = _load(self.store.get(key), f"artifact record {key}")
+        except KeyNotFound:
+            return None
+        return str(doc.get("type"))
+
+    def versions(self, entity: str, project: str, name: str) -> list[int]:
+        prefix = _artifact_prefix(entity, project, name) + "versions/"
+        out = []
+        for key in self.store.list(prefix):
+            label = key[len(prefix):].removesuffix(".json")
+            if label.startswith("v") and label[1:].isdigit():
+                out.append(int(label[1:]))
+        return sorted(out)
+
+    def aliases(self, entity: str, project: str, name: str) -> dict[str, int]:
+        """alias → version number, for one artifact."""
+        prefix = _artifact_prefix(entity, project, name) + "aliases/"
+        keys = [k for k in self.store.list(prefix) if k.endswith(".json")]
+
+        def read(key: str) -> tuple[str, int] | None:
+            try:
+                doc = _load(self.store.get(key), f"alias record {key}")
+            except KeyNotFound:
+                return None
+            v = doc.get("version")
+            if not isinstance(v, int):
+                raise CorruptRecord(f"alias record {key} has no version number")
+            return key[len(prefix):].removesuffix(".json"), v
+
+        if len(keys) <= 1:
+            pairs = [read(k) for k in keys]
+        else:
+            with ThreadPoolExecutor(min(TRANSFER_WORKERS, len(keys))) as pool:
+                pairs = list(pool.map(read, keys))
+        return dict(p for p in pairs if p is not None)
+
+    # -- resolving ----------------------------------------------------------------------------
+    def _not_found(self, ref: ArtifactRef) -> ArtifactNotFound:
+        e, p, n = ref.entity, ref.project, ref.name
+        if self.artifact_type(e, p, n) is None:
+            names = self.artifacts(e, p)
+            have = ", ".join(names[:20]) if names else "none"
+            return ArtifactNotFound(
+                f"artifact {e}/{p}/{n} not found in registry {self.url}; "
+                f"artifacts in {e}/{p}: {have}"
+            )
+        versions = ", ".join(f"v{v}" for v in self.versions(e, p, n)) or "none"
+        aliases = ", ".join(sorted(self.aliases(e, p, n))) or "none"
+        return ArtifactNotFound(
+            f"{ref.qualified} not found; versions: {versions}; aliases: {aliases}"
+        )
+
+    def resolve(self, ref: ArtifactRef) -> int:
+        """The version number `ref` names (following an alias)."""
+        if ref.version is not None:
+            return ref.version
+        key = _artifact_prefix(ref.entity, ref.project, ref.name) + f"aliases/{ref.label}.json"
+        try:
+            doc = _load(self.store.get(key), f"alias record {key}")
+        except KeyNotFound:
+            raise self._not_found(ref) from None
+        v = doc.get("version")
+        if not isinstance(v, int):
+            raise CorruptRecord(f"alias record {key} has no version number")
+        return v
+
+    def version(self, ref: ArtifactRef, *, with_aliases: bool = True) -> Version:
+        number = self.resolve(ref)
+        prefix = _artifact_prefix(ref.entity, ref.project, ref.name)
+        key = prefix + f"versions/v{number}.json"
+        try:
+            doc = _load(self.store.get(key), f"version record {key}")
+        except KeyNotFound:
+            raise self._not_found(ref) from None
+        try:
+            meta = _load(self.store.get(prefix + f"meta/v{number}.json"), "version metadata")
+        except KeyNotFound:
+            meta = {}
+        try:
+            v = Version(
+                entity=ref.entity,
+                project=ref.project,
+                name=ref.name,
+                type=str(doc["type"]),
+                version=number,
+                digest=str(doc["digest"]),
+                size=int(doc["size"]),
+                file_count=int(doc["file_count"]),
+                created_at=str(doc["created_at"]),
+                logged_by=doc.get("logged_by"),
+                description=meta.get("description", doc.get("description")),
+                metadata=dict(meta.get("metadata", doc.get("metadata")) or {}),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptRecord(f"version record {key} is missing {e}") from e
+        if doc.get("version") != number or not is_sha256(v.digest):
+            raise CorruptRecord(f"version record {key} does not describe v{number}")
+        if with_aliases:
+            v.aliases = sorted(
+                a for a, n in self.aliases(ref.entity, ref.project, ref.name).items() if n == number
+            )
+        return v
+
+    def manifest(self, version: Version) -> Manifest:
+        key = self.manifest_key(version.entity, version.digest)
+        try:
+            data = self.store.get(key)
+        except KeyNotFound:
+            raise CorruptRecord(
+                f"manifest of {version.qualified} ({version.digest}) is missing from {self.url}"
+            ) from None
+        return Manifest.from_bytes(data, expect_digest=version.digest)
+
+    # -- writing blobs ------------------------------------------------------------------------
+    def has_blob(self, entity: str, digest: str) -> bool:
+        return self.store.head(self.blob_key(entity, digest)) is not None
+
+    def ingest_files(self, entity: str, sources: Iterable[Source]) -> dict[str, Entry]:
+        """Digest every source and make sure its bytes are in the registry.
+
+        Files whose stat matches the hash table are not read at all; on a local registry a file
+        that must be read is hashed while it is copied into the blob store, so it is read once.
+        """
+        sources = list(sources)
+        stats: dict[str, os.stat_result] = {}
+        for s in sources:
+            try:
+                stats[str(s.file)] = os.stat(s.file)
+            except FileNotFoundError:
+                from .errors import SourceError
+
+                raise SourceError(f"source file {s.file} does not exist") from None
+        known = self.hashes.lookup(stats.items())
+
+        def ingest(src: Source) -> Entry:
+            key = str(src.file)
+            digest = known.get(key)
+            if digest is not None:
+                if not self.has_blob(entity, digest):
+                    digest = None
+            if digest is None:
+                digest, st = self._upload(entity, src.file)
+                fresh.append((key, st, digest))
+            else:
+                st = stats[key]
+            return Entry(src.path, st.st_size, digest)
+
+        fresh: list[tuple[str, os.stat_result, str]] = []
+        if len(sources) <= 1:
+            entries = [ingest(s) for s in sources]
+        else:
+            with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
+                entries = list(pool.map(ingest, sources))
+        self.hashes.record(fresh)
+        return {e.path: e for e in entries}
+
+    def _upload(self, entity: str, file: Path) -> tuple[str, os.stat_result]:
+        if self._local is not None:
+            tmp = self._local.temp_path()
+            try:
+                digest, st = copy_and_hash(file, tmp)
+                self._local.adopt(tmp, self.blob_key(entity, digest), overwrite=True)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return digest, st
+        digest, st = hash_file(file)
+        key = self.blob_key(entity, digest)
+        if self.store.head(key) is None:
+            self.store.put_file(key, file)
+            if stat_key(os.stat(file)) != stat_key(st):
+                self.store.delete(key)
+                raise FileChangedError(f"source file {file} changed while it was being uploaded")
+        return digest, st
+
+    def put_blob(self, entity: str, data: bytes) -> str:
+        from .hashing import hash_bytes
+
+        digest = hash_bytes(data)
+        key = self.blob_key(entity, digest)
+        if self.store.head(key) is None:
+            self.store.put(key, data)
+        return digest
+
+    # -- reading blobs ------------------------------------------------------------------------
+    def blob_file(self, entity: str, digest: str) -> Path:
+        """A local file holding the blob: the registry's own file, or a verified cache copy."""
+        key = self.blob_key(entity, digest)
+        if self._local is not None:
+            path = self._local.local_path(key)
+            assert path is not None
+            if not path.exists():
+                raise IntegrityError(f"blob {digest} is missing from registry {self.url}")
+            return path
+        try:
+            return self.cache.fill(digest, lambda tmp: self.store.get_file(key, tmp))
+        except KeyNotFound:
+            raise IntegrityError(f"blob {digest} is missing from registry {self.url}") from None
+
+    def read_blob_range(self, entity: str, digest: str, offset: int, length: int) -> bytes:
+        cached = self.cache.get(digest)
+        if cached is not None:
+            with open(cached, "rb") as f:
+                return os.pread(f.fileno(), length, offset)
+        return self.store.get_range(self.blob_key(entity, digest), offset, length)
+
+    # -- committing ---------------------------------------------------------------------------
+    def ensure_artifact(self, entity: str, project: str, name: str, type_: str) -> None:
+        """Create the artifact with `type_`, or check that it already has that type."""
+        check_name(entity, "entity")
+        check_name(project, "project")
+        check_name(name)
+        check_name(type_, "artifact type")
+        key = _artifact_prefix(entity, project, name) + "artifact.json"
+        self.store.put_if_absent(key, _json({"type": type_, "created_at": now_iso()}))
+        existing = self.artifact_type(entity, project, name)
+        if existing != type_:
+            raise TypeMismatch(
+                f"artifact {entity}/{project}/{name} has type {existing!r}; "
+                f"cannot log it with type {type_!r}"
+            )
+
+    def commit(
+        self,
+        entity: str,
+        project: str,
+        name: str,
+        type_: str,
+        manifest: Manifest,
+        *,
+        aliases: Iterable[str] = (),
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> CommitResult:
+        """Make `manifest` a version (or find the version that already has it) and move aliases.
+
+        Every blob the manifest names must already be in the registry.
+        """
+        aliases = [check_alias(a) for a in aliases]
+        self.ensure_artifact(entity, project, name, type_)
+        prefix = _artifact_prefix(entity, project, name)
+        digest = manifest.digest
+        ref = ArtifactRef(entity, project, name)
+
+        self.store.put(self.manifest_key(entity, digest), manifest.to_bytes())
+        self.store.flush()
+
+        claim_key = prefix + f"digests/{digest}.json"
+        existing = self._claim_digest(claim_key, prefix, digest)
+        if existing is not None:
+            self._move_aliases(prefix, existing, [LATEST, *aliases], latest_if_newer=False)
+            return CommitResult(self.version(ArtifactRef(entity, project, name, f"v{existing}")),
+                                created=False)
+
+        record = {
+            "version": 0,
+            "type": type_,
+            "digest": digest,
+            "size": manifest.size,
+            "file_count": len(manifest),
+            "created_at": now_iso(),
+            "logged_by": run_id,
+            "description": description,
+            "metadata": metadata or {},
+        }
+        number = (self.versions(entity, project, name) or [-1])[-1] + 1
+        while True:
+            record["version"] = number
+            if self.store.put_if_absent(prefix + f"versions/v{number}.json", _json(record)):
+                break
+            number += 1
+        self.store.put(claim_key, _json({"version": number}))
+        self._move_aliases(prefix, number, [LATEST, *aliases], latest_if_newer=True)
+        return CommitResult(self.version(ArtifactRef(ref.entity, ref.project, ref.name,
+                                                     f"v{number}")), created=True)
+
+    def log_version(
+        self,
+        entity: str,
+        project: str,
+        name: str,
+        type_: str,
+        sources: Iterable[Source],
+        references: Iterable[Entry] = (),
+        *,
+        aliases: Iterable[str] = (),
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        run: RunRecord | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> CommitResult:
+        """The one path from local files to a version, shared by the SDK, the CLI and staging.
+
+        Bytes are uploaded first; `before_commit` (the SDK's call-order barrier) runs between
+        the upload and the commit, so uploads overlap while version numbers follow call order.
+        """
+        check_name(type_, "artifact type")
+        aliases = [check_alias(a) for a in aliases]
+        entries = self.ingest_files(entity, sources)
+        manifest = Manifest([*entries.values(), *references])
+        if before_commit is not None:
+            before_commit()
+        result = self.commit(
+            entity, project, name, type_, manifest, aliases=aliases, description=description,
+            metadata=metadata, run_id=f"{run.entity}/{run.project}/{run.id}" if run else None,
+        )
+        if run is not None:
+            run.outputs.append(result.version.qualified)
+            self.save_run(run)
+        return result
+
+    def start_run(self, entity: str, project: str, job_type: str) -> RunRecord:
+        run = RunRecord(
+            entity=check_name(entity, "entity"),
+            project=check_name(project, "project"),
+            id=secrets.token_hex(4),
+            job_type=check_name(job_type, "job type"),
+            created_at=now_iso(),
+        )
+        self.save_run(run)
+        return run
+
+    def finish_run(self, run: RunRecord) -> None:
+        run.finished_at = now_iso()
+        self.save_run(run)
+
+    def _claim_digest(self, claim_key: str, prefix: str, digest: str) -> int | None:
+        """Own the right to commit `digest`, or return the version that already has it."""
+        me = {"claim": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+              "at": time.time()}
+        delay = 0.02
+        while True:
+            try:
+                data, token = self.store.get_with_token(claim_key)
+            except KeyNotFound:
+                if self.store.put_if_absent(claim_key, _json(me)):
+                    return None
+                continue
+            doc = _load(data, f"digest record {claim_key}")
+            if isinstance(doc.get("version"), int):
+                return int(doc["version"])
+            if self._claim_is_stale(doc):
+                # The owner died between claiming and recording; it may have taken a number.
+                found = self._find_version_with_digest(prefix, digest)
+                if found is not None:
+                    self.store.put_if_match(claim_key, _json({"version": found}), token)
+                    return found
+                if self.store.put_if_match(claim_key, _json(me), token):
+                    return None
+                continue
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    @staticmethod
+    def _claim_is_stale(doc: dict[str, Any]) -> bool:
+        if doc.get("host") == socket.gethostname() and isinstance(doc.get("pid"), int):
+            from .store.local import _pid_alive
+
+            if not _pid_alive(doc["pid"]):
+                return True
+        return time.time() - float(doc.get("at", 0)) > CLAIM_TTL_S
+
+    def _find_version_with_digest(self, prefix: str, digest: str) -> int | None:
+        for key in self.store.list(prefix + "versions/"):
+            doc = _load(self.store.get(key), f"version record {key}")
+            if doc.get("digest") == digest:
+                return int(doc["version"])
+        return None
+
+    def _move_aliases(
+        self, prefix: str, number: int, aliases: list[str], *, latest_if_newer: bool
+    ) -> None:
+        for alias in dict.fromkeys(aliases):
+            key = prefix + f"aliases/{alias}.json"
+            monotonic = alias == LATEST and latest_if_newer
+            self._cas_alias(key, number, monotonic)
+
+    def _cas_alias(self, key: str, number: int, monotonic: bool) -> None:
+        """Point an alias at `number`; `latest` only ever moves forward under concurrency."""
+        body = _json({"version": number, "at": now_iso()})
+        while True:
+            try:
+                data, token = self.store.get_with_token(key)
+            except KeyNotFound:
+                if self.store.put_if_absent(key, body):
+                    return
+                continue
+            current = _load(data, f"alias record {key}").get("version")
+            if current == number or (monotonic and isinstance(current, int) and current > number):
+                return
+            if self.store.put_if_match(key, body, token):
+                return
+
+    def set_alias(self, ref: ArtifactRef, alias: str) -> Version:
+        """Point `alias` at the version `ref` names."""
+        check_alias(alias)
+        target = self.version(ref, with_aliases=False)
+        prefix = _artifact_prefix(ref.entity, ref.project, ref.name)
+        self._cas_alias(prefix + f"aliases/{alias}.json", target.version, monotonic=False)
+        return self.version(ArtifactRef(ref.entity, ref.project, ref.name, target.label))
+
+    def remove_alias(self, ref: ArtifactRef, alias: str) -> None:
+        prefix = _artifact_prefix(ref.entity, ref.project, ref.name)
+        self.store.delete(prefix + f"aliases/{alias}.json")
+
+    def update_version(
+        self,
+        version: Version,
+        *,
+        description: str | None,
+        metadata: dict[str, Any],
+        aliases: list[str],
+    ) -> Version:
+        """Save the editable parts of a version: description, metadata and its aliases."""
+        aliases = [check_alias(a) for a in aliases]
+        prefix = _artifact_prefix(version.entity, version.project, version.name)
+        try:
+            meta_json = _json({"description": description, "metadata": metadata})
+        except TypeError as e:
+            raise InvalidMetadata(
+                f"metadata of {version.qualified} is not JSON-serialisable: {e}"
+            ) from e
+        self.store.put(prefix + f"meta/v{version.version}.json", meta_json)
+        current = self.aliases(version.entity, version.project, version.name)
+        for alias, n in current.items():
+            if n == version.version and alias not in aliases:
+                self.store.delete(prefix + f"aliases/{alias}.json")
+        self._move_aliases(prefix, version.version, aliases, latest_if_newer=False)
+        return self.version(ArtifactRef(version.entity, version.project, version.name,
+                                        version.label))
+
+    # -- runs ---------------------------------------------------------------------------------
+    @staticmethod
+    def _run_key(entity: str, project: str, run_id: str) -> str:
+        return f"entities/{entity}/projects/{project}/runs/{run_id}.json"
+
+    def save_run(self, run: RunRecord) -> None:
+        self.store.put(self._run_key(run.entity, run.project, run.id), _json(run.to_json()))
+
+    def get_run(self, entity: str, project: str, run_id: str) -> RunRecord:
+        key = self._run_key(entity, project, run_id)
+        try:
+            doc = _load(self.store.get(key), f"run record {key}")
+        except KeyNotFound:
+            raise ArtifactNotFound(f"run {entity}/{project}/{run_id} not found") from None
+        return RunRecord(**doc)
+
+    def runs(self, entity: str, project: str) -> Iterator[RunRecord]:
+        prefix = f"entities/{entity}/projects/{project}/runs/"
+        for key in self.store.list(prefix):
+            yield RunRecord(**_load(self.store.get(key), f"run record {key}"))
+
+    def record_use(self, version: Version, run: RunRecord) -> None:
+        prefix = _artifact_prefix(version.entity, version.project, version.name)
+        self.store.put(prefix + f"used_by/v{version.version}/{run.entity}/{run.project}/{run.id}",
+                       b"")
+
+    def used_by(self, version: Version) -> list[RunRecord]:
+        prefix = _artifact_prefix(version.entity, version.project, version.name)
+        base = prefix + f"used_by/v{version.version}/"
+        out = []
+        for key in self.store.list(base):
+            e, p, run_id = key[len(base):].split("/")
+            out.append(self.get_run(e, p, run_id))
+        return out
