@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import IntegrityError
 from .hashing import hash_file
+from .sqlite import connect_shared
 
 #: Touching a blob's last-use time at most this often keeps hot reads off SQLite.
 TOUCH_INTERVAL_S = 60.0
@@ -37,11 +38,10 @@ class BlobCache:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.root / "index.db", timeout=60, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
+            db = connect_shared(
+                self.root / "index.db",
                 "CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, size INTEGER,"
-                " last_used REAL)"
+                " last_used REAL)",
             )
             self._local.db = db
         return db
@@ -82,7 +82,7 @@ class BlobCache:
         self._db.execute(
             "INSERT OR REPLACE INTO blobs VALUES (?,?,?)", (digest, st.st_size, time.time())
         )
-        self.evict()
+        self.evict(keep=digest)
         return final
 
     def usage(self) -> tuple[int, int]:
@@ -90,8 +90,12 @@ class BlobCache:
         n, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size),0) FROM blobs").fetchone()
         return n, total
 
-    def evict(self, limit: int | None = None) -> int:
-        """Drop least-recently-used blobs until the cache fits `limit`; returns bytes freed."""
+    def evict(self, limit: int | None = None, keep: str | None = None) -> int:
+        """Drop least-recently-used blobs until the cache fits `limit`; returns bytes freed.
+
+        `keep` is the blob a caller is about to read: it stays even when it alone is over the
+        limit, since deleting it would fail the read that just fetched it.
+        """
         limit = self.limit if limit is None else limit
         _, total = self.usage()
         freed = 0
@@ -101,6 +105,8 @@ class BlobCache:
         for digest, size in rows:
             if total - freed <= limit:
                 break
+            if digest == keep:
+                continue
             self.path(digest).unlink(missing_ok=True)
             self._db.execute("DELETE FROM blobs WHERE digest=?", (digest,))
             freed += size

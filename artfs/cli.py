@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import config, transfer
+from .cache import BlobCache
 from .errors import ArtfsError, SourceError
-from .names import ArtifactRef, check_name, parse_ref
-from .registry import Registry, Source
+from .names import ArtifactRef, check_alias, check_name, parse_ref
+from .registry import Registry, Source, check_metadata, check_unique
 
 
 def _human(n: int) -> str:
@@ -107,25 +108,40 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"  {e.path}\t{_human(e.size) if e.size is not None else '?'}\t{where}")
 
 
+def _put_sources(raw: str) -> list[Source]:
+    """A file becomes one entry; a folder's files keep their paths below it (like add_dir)."""
+    path = Path(raw).absolute()
+    if path.is_file():
+        return [Source(path.name, path)]
+    if path.is_dir():
+        out = []
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                out.append(Source(f.relative_to(path).as_posix(), f))
+            elif not f.is_dir():
+                raise SourceError(f"source {f} is not a regular file (dangling symlink or FIFO?)")
+        return out
+    if path.is_symlink() or not path.exists():
+        raise SourceError(f"source {raw} does not exist")
+    raise SourceError(f"source {raw} is not a regular file or folder")
+
+
 def cmd_put(args: argparse.Namespace) -> None:
     args.create = True
-    reg = _registry(args)
-    entity = args.entity or config.default_entity()
-    project = args.project or config.default_project()
-    sources: list[Source] = []
-    for raw in args.paths:
-        path = Path(raw).absolute()
-        if path.is_file():
-            sources.append(Source(path.name, path))
-        elif path.is_dir():
-            for f in sorted(p for p in path.rglob("*") if p.is_file()):
-                sources.append(Source(f.relative_to(path).as_posix(), f))
-        else:
-            raise SourceError(f"source {raw} does not exist")
+    entity = check_name(args.entity or config.default_entity(), "entity")
+    project = check_name(args.project or config.default_project(), "project")
+    name = check_name(args.name)
+    check_name(args.type, "artifact type")
+    aliases = [check_alias(a) for a in args.alias]
     metadata = json.loads(args.metadata) if args.metadata else None
+    check_metadata(name, args.description, metadata)
+    sources = [s for raw in args.paths for s in _put_sources(raw)]
+    check_unique(f"{entity}/{project}/{name}", sources, [])
+    reg = _registry(args)
+    reg.check_type(entity, project, name, args.type)
     run = reg.start_run(entity, project, "put")
     result = reg.log_version(
-        entity, project, check_name(args.name), args.type, sources, aliases=args.alias,
+        entity, project, name, args.type, sources, aliases=aliases,
         description=args.description, metadata=metadata, run=run,
     )
     reg.finish_run(run)
@@ -144,6 +160,7 @@ def cmd_alias(args: argparse.Namespace) -> None:
     reg = _registry(args)
     ref = _ref(args, args.name)
     if args.delete:
+        check_alias(args.alias)
         reg.version(ArtifactRef(ref.entity, ref.project, ref.name, args.alias))
         reg.remove_alias(ref, args.alias)
         print(f"removed alias {args.alias} of {ref.entity}/{ref.project}/{ref.name}")
@@ -153,23 +170,33 @@ def cmd_alias(args: argparse.Namespace) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    reg = _registry(args)
+    # The cache is this machine's, shared by every registry: no registry needs to exist.
+    cache = BlobCache(config.cache_dir(), config.cache_size())
     if args.clean:
-        print(f"freed {_human(reg.cache.clean())} from {reg.cache.root}")
+        print(f"freed {_human(cache.clean())} from {cache.root}")
         return
-    n, total = reg.cache.usage()
-    print(f"{reg.cache.root}: {n} blobs, {_human(total)} of {_human(reg.cache.limit)}")
+    n, total = cache.usage()
+    print(f"{cache.root}: {n} blobs, {_human(total)} of {_human(cache.limit)}")
 
 
 # -- parser -------------------------------------------------------------------------------------
+def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--registry", default=default, help="registry location (default: "
+                        "$ARTFS_REGISTRY or the embedded local registry)")
+    parser.add_argument("--entity", default=default,
+                        help="default entity (default: $ARTFS_ENTITY or login)")
+    parser.add_argument("--project", default=default,
+                        help="default project (default: $ARTFS_PROJECT)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # Accepted before or after the sub-command; SUPPRESS keeps a sub-command that does not
+    # repeat an option from resetting the value given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", help="registry location (default: $ARTFS_REGISTRY or "
-                        "the embedded local registry)")
-    common.add_argument("--entity", help="default entity (default: $ARTFS_ENTITY or login)")
-    common.add_argument("--project", help="default project (default: $ARTFS_PROJECT)")
+    _add_common(common, argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(prog="artfs", description=__doc__)
+    _add_common(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ls", parents=[common], help="list entities, projects, artifacts, versions")

@@ -6,17 +6,25 @@ buffers, so hashing and writing a copy overlap when done on separate threads.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import FileChangedError, SourceError
+from .sqlite import connect_shared
 
 #: 1 MiB reads: large enough that per-call overhead vanishes, small enough to stay in L2/L3.
 CHUNK = 1024 * 1024
+#: Files up to this size are read whole; larger ones are copied by the kernel while hashed.
+SMALL_FILE = 4 * 1024 * 1024
+#: Kernel copies that run beside the hashing thread of each large file being copied.
+_COPIERS = ThreadPoolExecutor(16, thread_name_prefix="artfs-copy")
 
 
 def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -24,7 +32,7 @@ def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
-def open_source(path: Path) -> tuple[int, os.stat_result]:
+def open_source(path: Path | str) -> tuple[int, os.stat_result]:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError as e:
@@ -34,42 +42,122 @@ def open_source(path: Path) -> tuple[int, os.stat_result]:
     except IsADirectoryError as e:
         raise SourceError(f"source {path} is a directory, expected a file") from e
     st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise SourceError(f"source {path} is not a regular file")
     return fd, st
 
 
-def copy_and_hash(
-    path: Path, dest: Path | None, *, fsync: bool = False
-) -> tuple[str, os.stat_result]:
-    """Hash `path`, copying it to `dest` on the way; raise if it changes meanwhile."""
-    fd, before = open_source(path)
+def _hash_fd(fd: int, size: int) -> str:
+    """SHA-256 of the first `size` bytes via positional reads into one reused buffer."""
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    out = open(dest, "wb") if dest is not None else None
+    offset = 0
+    while True:
+        n = os.preadv(fd, [buf], offset)
+        if not n:
+            break
+        h.update(view[:n])
+        offset += n
+    return h.hexdigest()
+
+
+def _kernel_copy(fd_in: int, fd_out: int, size: int) -> None:
+    """Copy in the kernel: ~2 GB/s here against ~0.66 GB/s for write() from Python."""
+    offset = 0
     try:
-        while True:
-            n = os.readv(fd, [buf])
-            if not n:
+        while offset < size:
+            n = os.copy_file_range(fd_in, fd_out, size - offset, offset, offset)
+            if n == 0:
                 break
-            h.update(view[:n])
-            if out is not None:
-                out.write(view[:n])
+            offset += n
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        while offset < size:
+            data = os.pread(fd_in, min(CHUNK, size - offset), offset)
+            if not data:
+                break
+            os.pwrite(fd_out, data, offset)
+            offset += len(data)
+
+
+def copy_and_hash(
+    path: Path | str, dest: Path | str | None, *, fsync: bool = False
+) -> tuple[str, os.stat_result]:
+    """Hash `path`, copying it to `dest` on the way; raise if it changes meanwhile.
+
+    Small files are read once into memory. Large ones are hashed on this thread while the
+    kernel copies them on another (hashlib and copy_file_range both release the GIL), so a
+    copy costs about as much as the hash alone.
+    """
+    fd, before = open_source(path)
+    out = -1
+    try:
+        size = before.st_size
+        if dest is not None:
+            out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        if size <= SMALL_FILE:
+            data = os.pread(fd, size + 1, 0)
+            digest = hashlib.sha256(data).hexdigest()
+            if out >= 0:
+                os.write(out, data)
+        elif out < 0:
+            digest = _hash_fd(fd, size)
+        else:
+            copy = _COPIERS.submit(_kernel_copy, fd, out, size)
+            try:
+                digest = _hash_fd(fd, size)
+            finally:
+                copy.result()
+        if out >= 0 and fsync:
+            os.fsync(out)
         after = os.fstat(fd)
-        if out is not None and fsync:
-            out.flush()
-            os.fsync(out.fileno())
     finally:
         os.close(fd)
-        if out is not None:
-            out.close()
-    if stat_key(before) != stat_key(after) or stat_key(after) != stat_key(os.stat(path)):
+        if out >= 0:
+            os.close(out)
+    if stat_key(before) != stat_key(after):
         if dest is not None:
-            dest.unlink(missing_ok=True)
+            Path(dest).unlink(missing_ok=True)
         raise FileChangedError(f"source file {path} changed while it was being added")
-    return h.hexdigest(), after
+    return digest, after
 
 
-def hash_file(path: Path) -> tuple[str, os.stat_result]:
+def read_small(path: Path | str) -> tuple[bytes, str, os.stat_result] | None:
+    """(bytes, digest, stat) of a file up to SMALL_FILE, or None for a larger one."""
+    fd, before = open_source(path)
+    try:
+        if before.st_size > SMALL_FILE:
+            return None
+        data = os.pread(fd, before.st_size + 1, 0)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if stat_key(before) != stat_key(after) or len(data) != after.st_size:
+        raise FileChangedError(f"source file {path} changed while it was being added")
+    return data, hashlib.sha256(data).hexdigest(), after
+
+
+def copy_file(src: Path | str, dest: Path | str) -> os.stat_result:
+    """Copy in the kernel without hashing, for a source verified earlier; raise if it changes."""
+    fd, before = open_source(src)
+    try:
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _kernel_copy(fd, out, before.st_size)
+        finally:
+            os.close(out)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if stat_key(before) != stat_key(after):
+        raise FileChangedError(f"{src} changed while it was being copied")
+    return after
+
+
+def hash_file(path: Path | str) -> tuple[str, os.stat_result]:
     return copy_and_hash(path, None)
 
 
@@ -93,30 +181,36 @@ class HashCache:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self._db_path, timeout=60, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(
+            db = connect_shared(
+                self._db_path,
                 "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER,"
-                " mtime_ns INTEGER, ino INTEGER, ctime_ns INTEGER, digest TEXT)"
+                " mtime_ns INTEGER, ino INTEGER, ctime_ns INTEGER, digest TEXT)",
             )
             self._local.db = db
         return db
 
-    def lookup(self, paths: Iterable[tuple[str, os.stat_result]]) -> dict[str, str]:
-        """Digests of the given (absolute path, stat) pairs whose stat is unchanged."""
-        wanted = {p: stat_key(st) for p, st in paths}
+    def lookup(self, items: Iterable[tuple[str, tuple[int, int, int, int]]]) -> dict[str, str]:
+        """Digests of the given (absolute path, stat key) pairs whose stat key is unchanged.
+
+        Many paths share a folder: one range scan over their common prefix is several times
+        cheaper than batches of `IN (...)` lookups.
+        """
+        wanted = dict(items)
         if not wanted:
             return {}
+        if len(wanted) > 64:
+            lo = os.path.commonpath(list(wanted))
+            rows = self._db.execute(
+                "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM files"
+                " WHERE path >= ? AND path < ?", (lo, lo + "\U0010ffff"))
+        else:
+            keys = list(wanted)
+            rows = self._db.execute(
+                "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM files WHERE path IN"
+                f" ({','.join('?' * len(keys))})", keys)
         found: dict[str, str] = {}
-        rows: list[tuple] = []
-        keys = list(wanted)
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            q = "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM files WHERE path IN (%s)"
-            rows.extend(self._db.execute(q % ",".join("?" * len(part)), part))
         for path, size, mtime_ns, ino, ctime_ns, digest in rows:
-            if wanted[path] == (size, mtime_ns, ino, ctime_ns):
+            if wanted.get(path) == (size, mtime_ns, ino, ctime_ns):
                 found[path] = digest
         return found
 
@@ -136,7 +230,7 @@ class HashCache:
         """Digest of `path`, from the table when its stat is unchanged, else by reading it."""
         st = os.stat(path)
         key = str(path)
-        hit = self.lookup([(key, st)]).get(key)
+        hit = self.lookup([(key, stat_key(st))]).get(key)
         if hit:
             return hit
         digest, st = hash_file(path)

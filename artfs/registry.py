@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -40,26 +41,31 @@ from .cache import BlobCache
 from .errors import (
     ArtifactNotFound,
     CorruptRecord,
+    DuplicateEntry,
     FileChangedError,
     IntegrityError,
     InvalidMetadata,
     KeyNotFound,
     NotARegistry,
+    SourceError,
     TypeMismatch,
 )
-from .hashing import HashCache, copy_and_hash, hash_file, stat_key
+from .hashing import HashCache, copy_and_hash, hash_bytes, hash_file, read_small, stat_key
 from .manifest import Entry, Manifest, is_sha256
 from .names import LATEST, ArtifactRef, check_alias, check_name
 from .store import Store, open_store
-from .store.local import LocalStore
+from .store.local import LocalStore, _pid_alive
 
 MARKER_KEY = "registry.json"
 MARKER = {"format": "artfs-registry", "version": 1}
 #: A digest claim older than this whose owner cannot be checked is taken over; a commit holds
 #: its claim only for the few metadata writes after all bytes are uploaded.
 CLAIM_TTL_S = 120.0
-#: Parallel blob uploads/downloads; the stores keep this many connections open.
+#: Parallel blob uploads/downloads to a remote store; it keeps this many connections open.
 TRANSFER_WORKERS = 8
+#: On a local disk file creation serialises in the kernel: downloading 2,000 files of 4 KiB
+#: took 1.1 s with 1 thread, 1.4 s with 2, 2.1 s with 4 and 2.5 s with 8 (cp -r: 1.7 s).
+LOCAL_WORKERS = 1
 
 
 def now_iso() -> str:
@@ -119,17 +125,30 @@ class RunRecord:
     finished_at: str | None = None
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    #: A run's inputs (main thread) and outputs (background logs) change concurrently; appending
+    #: and saving under one lock keeps a later save from dropping an earlier append.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        return {
+            "entity": self.entity, "project": self.project, "id": self.id,
+            "job_type": self.job_type, "created_at": self.created_at,
+            "finished_at": self.finished_at, "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+        }
 
 
 @dataclass(frozen=True)
 class Source:
-    """A file to be stored under `path` in the next version."""
+    """A file to be stored under `path` in the next version.
+
+    `expect` is the file's stat key when it was added: bytes that changed since then are not
+    what the user added, so logging them would silently store something else.
+    """
 
     path: str
-    file: Path
+    file: Path | str
+    expect: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -142,6 +161,37 @@ def _artifact_prefix(e: str, p: str, n: str) -> str:
     return f"entities/{e}/projects/{p}/artifacts/{n}/"
 
 
+def check_metadata(what: str, description: str | None, metadata: dict[str, Any] | None) -> bytes:
+    """The JSON of a description and metadata, or InvalidMetadata before anything is written."""
+    if description is not None and not isinstance(description, str):
+        raise InvalidMetadata(f"description of {what} must be a string, not {description!r}")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidMetadata(f"metadata of {what} must be a dict, not {type(metadata).__name__}")
+    try:
+        return _json({"description": description, "metadata": metadata or {}})
+    except (TypeError, ValueError) as e:
+        raise InvalidMetadata(f"metadata of {what} is not JSON-serialisable: {e}") from e
+
+
+def check_unique(what: str, sources: list[Source], references: list[Entry]) -> None:
+    """Two things under one path would silently keep only one of them."""
+    seen: dict[str, str] = {}
+    for path, origin in [*((s.path, str(s.file)) for s in sources),
+                         *((r.path, str(r.ref)) for r in references)]:
+        if path in seen and seen[path] != origin:
+            raise DuplicateEntry(
+                f"artifact {what}: {path!r} is added twice, from {seen[path]} and from {origin}"
+            )
+        seen[path] = origin
+
+
+def _check_unchanged(src: Source, st: os.stat_result) -> None:
+    if src.expect is not None and stat_key(st) != src.expect:
+        raise FileChangedError(
+            f"source file {src.file} (entry {src.path}) changed after it was added"
+        )
+
+
 class Registry:
     """The registry at one location, with this machine's cache of its blobs."""
 
@@ -152,14 +202,18 @@ class Registry:
         cache_dir: Path | None = None,
         cache_size: int | None = None,
         create: bool = True,
+        store: Store | None = None,
     ) -> None:
-        self.url = url or config.registry_url()
-        self.store: Store = open_store(self.url)
+        """Open the registry at `url`; `store` supplies an already-open store for it instead."""
+        self.url = store.url if store is not None else (url or config.registry_url())
+        self.store: Store = store if store is not None else open_store(self.url)
         self._check_marker(create)
         cdir = cache_dir or config.cache_dir()
         self.cache = BlobCache(cdir, config.cache_size() if cache_size is None else cache_size)
         self.hashes = HashCache(cdir / "hashes.db")
         self._local = self.store if isinstance(self.store, LocalStore) else None
+        #: Threads for moving many files: network latency wants many, a local disk one.
+        self.workers = LOCAL_WORKERS if self._local is not None else TRANSFER_WORKERS
         if self._local is not None:
             self._local.sweep_temp()
 
@@ -172,6 +226,9 @@ class Registry:
                 if root.exists() and not root.is_dir():
                     raise NotARegistry(f"{self.url} is a file, not an artfs registry") from None
                 if root.is_dir() and any(p.name not in (".tmp", ".locks") for p in root.iterdir()):
+                    if (root / MARKER_KEY).is_file():
+                        # Another process created the registry since we looked.
+                        return self._check_marker(create)
                     raise NotARegistry(
                         f"{self.url} is a non-empty directory that is not an artfs registry "
                         f"(no {MARKER_KEY}); point ARTFS_REGISTRY at an empty or existing registry"
@@ -327,51 +384,103 @@ class Registry:
     def has_blob(self, entity: str, digest: str) -> bool:
         return self.store.head(self.blob_key(entity, digest)) is not None
 
-    def ingest_files(self, entity: str, sources: Iterable[Source]) -> dict[str, Entry]:
+    def _committed(self, entity: str, project: str, name: str, digest: str) -> bool:
+        """Whether a manifest digest already is a version of the artifact."""
+        key = _artifact_prefix(entity, project, name) + f"digests/{digest}.json"
+        try:
+            doc = _load(self.store.get(key), f"digest record {key}")
+        except KeyNotFound:
+            return False
+        return isinstance(doc.get("version"), int)
+
+    def _present_blobs(self, entity: str, digests: set[str]) -> set[str]:
+        """Which of `digests` the registry holds: a stat each on a local store, parallel HEADs
+        elsewhere (the hash table is per machine, not per registry, so it proves nothing)."""
+        if self._local is not None or len(digests) <= 1:
+            return {d for d in digests if self.has_blob(entity, d)}
+        with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
+            found = pool.map(lambda d: (d, self.has_blob(entity, d)), digests)
+            return {d for d, ok in found if ok}
+
+    def ingest_files(
+        self,
+        entity: str,
+        sources: Iterable[Source],
+        skip_present: Callable[[list[Entry]], bool] | None = None,
+    ) -> dict[str, Entry]:
         """Digest every source and make sure its bytes are in the registry.
 
         Files whose stat matches the hash table are not read at all; on a local registry a file
         that must be read is hashed while it is copied into the blob store, so it is read once.
+        When every digest is known and `skip_present(entries)` says those contents are already
+        a committed version, their blobs are not even checked: that makes an unchanged re-log
+        cost one stat per file.
         """
         sources = list(sources)
-        stats: dict[str, os.stat_result] = {}
+        # The stat taken when a file was added is the snapshot that counts: a file that
+        # changes later is caught when (and only if) its bytes must be read.
+        keys: dict[str, tuple[int, int, int, int]] = {}
         for s in sources:
+            if s.expect is not None:
+                keys[str(s.file)] = s.expect
+                continue
             try:
-                stats[str(s.file)] = os.stat(s.file)
-            except FileNotFoundError:
-                from .errors import SourceError
-
-                raise SourceError(f"source file {s.file} does not exist") from None
-        known = self.hashes.lookup(stats.items())
-
-        def ingest(src: Source) -> Entry:
-            key = str(src.file)
-            digest = known.get(key)
-            if digest is not None:
-                if not self.has_blob(entity, digest):
-                    digest = None
-            if digest is None:
-                digest, st = self._upload(entity, src.file)
-                fresh.append((key, st, digest))
+                keys[str(s.file)] = stat_key(os.stat(s.file))
+            except (FileNotFoundError, NotADirectoryError):
+                raise SourceError(f"source file {s.file} (entry {s.path}) vanished") from None
+        known = self.hashes.lookup(keys.items())
+        if len(known) == len(keys) and skip_present is not None:
+            quick = [Entry(s.path, keys[str(s.file)][0], known[str(s.file)]) for s in sources]
+            if skip_present(quick):
+                return {e.path: e for e in quick}
+        present = self._present_blobs(entity, set(known.values()))
+        entries: list[Entry] = []
+        todo: list[Source] = []
+        for src in sources:
+            digest = known.get(str(src.file))
+            if digest is not None and digest in present:
+                entries.append(Entry(src.path, keys[str(src.file)][0], digest))
             else:
-                st = stats[key]
-            return Entry(src.path, st.st_size, digest)
+                todo.append(src)
 
         fresh: list[tuple[str, os.stat_result, str]] = []
-        if len(sources) <= 1:
-            entries = [ingest(s) for s in sources]
+
+        def ingest(src: Source) -> Entry:
+            digest, st = self._upload(entity, src.file)
+            _check_unchanged(src, st)
+            fresh.append((str(src.file), st, digest))
+            return Entry(src.path, st.st_size, digest)
+
+        if len(todo) <= 1 or self.workers == 1:
+            entries.extend(ingest(s) for s in todo)
         else:
-            with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
-                entries = list(pool.map(ingest, sources))
+            with ThreadPoolExecutor(self.workers) as pool:
+                entries.extend(pool.map(ingest, todo))
         self.hashes.record(fresh)
         return {e.path: e for e in entries}
 
     def _upload(self, entity: str, file: Path) -> tuple[str, os.stat_result]:
+        """Hash `file` and store its bytes unless the registry has them; reads it once when it
+        can: small files are held in memory, large ones copied while hashed on a local store."""
+        small = read_small(file)
+        if small is not None:
+            data, digest, st = small
+            key = self.blob_key(entity, digest)
+            if self.store.head(key) is None:
+                if self._local is not None:
+                    self._local.put_fast(key, data)
+                else:
+                    self.store.put(key, data)
+            return digest, st
         if self._local is not None:
             tmp = self._local.temp_path()
             try:
                 digest, st = copy_and_hash(file, tmp)
-                self._local.adopt(tmp, self.blob_key(entity, digest), overwrite=True)
+                key = self.blob_key(entity, digest)
+                self._local.adopt(tmp, key, overwrite=True, durable=False)
+                blob = self._local.local_path(key)
+                # The copy was hashed as it was written: later downloads need not hash it again.
+                self.hashes.record([(str(blob), os.stat(blob), digest)])
             finally:
                 tmp.unlink(missing_ok=True)
             return digest, st
@@ -385,8 +494,6 @@ class Registry:
         return digest, st
 
     def put_blob(self, entity: str, data: bytes) -> str:
-        from .hashing import hash_bytes
-
         digest = hash_bytes(data)
         key = self.blob_key(entity, digest)
         if self.store.head(key) is None:
@@ -394,19 +501,27 @@ class Registry:
         return digest
 
     # -- reading blobs ------------------------------------------------------------------------
-    def blob_file(self, entity: str, digest: str) -> Path:
-        """A local file holding the blob: the registry's own file, or a verified cache copy."""
+    def blob_file(self, entity: str, digest: str, what: str = "") -> Path:
+        """A local file holding the blob: the registry's own file, or a verified cache copy.
+
+        `what` (e.g. "entry x of e/p/n:v1") goes into error messages.
+        """
         key = self.blob_key(entity, digest)
+        where = f" ({what})" if what else ""
         if self._local is not None:
             path = self._local.local_path(key)
             assert path is not None
             if not path.exists():
-                raise IntegrityError(f"blob {digest} is missing from registry {self.url}")
+                raise IntegrityError(f"blob {digest}{where} is missing from registry {self.url}")
             return path
         try:
             return self.cache.fill(digest, lambda tmp: self.store.get_file(key, tmp))
         except KeyNotFound:
-            raise IntegrityError(f"blob {digest} is missing from registry {self.url}") from None
+            raise IntegrityError(
+                f"blob {digest}{where} is missing from registry {self.url}"
+            ) from None
+        except IntegrityError as e:
+            raise IntegrityError(f"{e}{where}; registry {self.url} holds corrupt bytes") from e
 
     def read_blob_range(self, entity: str, digest: str, offset: int, length: int) -> bytes:
         cached = self.cache.get(digest)
@@ -449,16 +564,18 @@ class Registry:
         Every blob the manifest names must already be in the registry.
         """
         aliases = [check_alias(a) for a in aliases]
+        check_metadata(f"{entity}/{project}/{name}", description, metadata)
         self.ensure_artifact(entity, project, name, type_)
         prefix = _artifact_prefix(entity, project, name)
         digest = manifest.digest
-        ref = ArtifactRef(entity, project, name)
 
-        self.store.put(self.manifest_key(entity, digest), manifest.to_bytes())
-        self.store.flush()
+        manifest_key = self.manifest_key(entity, digest)
+        if self.store.head(manifest_key) is None:
+            self.store.flush()
+            self.store.put(manifest_key, manifest.to_bytes())
 
         claim_key = prefix + f"digests/{digest}.json"
-        existing = self._claim_digest(claim_key, prefix, digest)
+        existing, claim = self._claim_digest(claim_key, prefix, digest)
         if existing is not None:
             self._move_aliases(prefix, existing, [LATEST, *aliases], latest_if_newer=False)
             return CommitResult(self.version(ArtifactRef(entity, project, name, f"v{existing}")),
@@ -475,16 +592,22 @@ class Registry:
             "description": description,
             "metadata": metadata or {},
         }
-        number = (self.versions(entity, project, name) or [-1])[-1] + 1
-        while True:
-            record["version"] = number
-            if self.store.put_if_absent(prefix + f"versions/v{number}.json", _json(record)):
-                break
-            number += 1
+        try:
+            number = (self.versions(entity, project, name) or [-1])[-1] + 1
+            while True:
+                record["version"] = number
+                if self.store.put_if_absent(prefix + f"versions/v{number}.json", _json(record)):
+                    break
+                number += 1
+        except BaseException:
+            # No number was taken: give the digest back so a retry (or another writer of the
+            # same contents) need not wait for the claim to go stale.
+            self._release_claim(claim_key, claim)
+            raise
         self.store.put(claim_key, _json({"version": number}))
         self._move_aliases(prefix, number, [LATEST, *aliases], latest_if_newer=True)
-        return CommitResult(self.version(ArtifactRef(ref.entity, ref.project, ref.name,
-                                                     f"v{number}")), created=True)
+        return CommitResult(self.version(ArtifactRef(entity, project, name, f"v{number}")),
+                            created=True)
 
     def log_version(
         self,
@@ -508,8 +631,21 @@ class Registry:
         """
         check_name(type_, "artifact type")
         aliases = [check_alias(a) for a in aliases]
-        entries = self.ingest_files(entity, sources)
-        manifest = Manifest([*entries.values(), *references])
+        check_metadata(f"{entity}/{project}/{name}", description, metadata)
+        self.check_type(entity, project, name, type_)
+        sources = list(sources)
+        references = list(references)
+        check_unique(f"{entity}/{project}/{name}", sources, references)
+        already: list[Manifest] = []
+
+        def committed(known: list[Entry]) -> bool:
+            candidate = Manifest([*known, *references])
+            if self._committed(entity, project, name, candidate.digest):
+                already.append(candidate)
+            return bool(already)
+
+        entries = self.ingest_files(entity, sources, skip_present=committed)
+        manifest = already[0] if already else Manifest([*entries.values(), *references])
         if before_commit is not None:
             before_commit()
         result = self.commit(
@@ -517,8 +653,9 @@ class Registry:
             metadata=metadata, run_id=f"{run.entity}/{run.project}/{run.id}" if run else None,
         )
         if run is not None:
-            run.outputs.append(result.version.qualified)
-            self.save_run(run)
+            with run.lock:
+                run.outputs.append(result.version.qualified)
+                self._save_run(run)
         return result
 
     def start_run(self, entity: str, project: str, job_type: str) -> RunRecord:
@@ -533,11 +670,22 @@ class Registry:
         return run
 
     def finish_run(self, run: RunRecord) -> None:
-        run.finished_at = now_iso()
-        self.save_run(run)
+        with run.lock:
+            run.finished_at = now_iso()
+            self._save_run(run)
 
-    def _claim_digest(self, claim_key: str, prefix: str, digest: str) -> int | None:
-        """Own the right to commit `digest`, or return the version that already has it."""
+    def check_type(self, entity: str, project: str, name: str, type_: str) -> None:
+        """Fail before any upload when `name` already exists with another type."""
+        existing = self.artifact_type(entity, project, name)
+        if existing is not None and existing != type_:
+            raise TypeMismatch(
+                f"artifact {entity}/{project}/{name} has type {existing!r}; "
+                f"cannot log it with type {type_!r}"
+            )
+
+    def _claim_digest(self, claim_key: str, prefix: str, digest: str) -> tuple[int | None, str]:
+        """Own the right to commit `digest` (returns None and the claim id), or return the
+        version that already has it."""
         me = {"claim": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
               "at": time.time()}
         delay = 0.02
@@ -546,28 +694,37 @@ class Registry:
                 data, token = self.store.get_with_token(claim_key)
             except KeyNotFound:
                 if self.store.put_if_absent(claim_key, _json(me)):
-                    return None
+                    return None, me["claim"]
                 continue
             doc = _load(data, f"digest record {claim_key}")
             if isinstance(doc.get("version"), int):
-                return int(doc["version"])
+                return int(doc["version"]), me["claim"]
             if self._claim_is_stale(doc):
                 # The owner died between claiming and recording; it may have taken a number.
                 found = self._find_version_with_digest(prefix, digest)
                 if found is not None:
                     self.store.put_if_match(claim_key, _json({"version": found}), token)
-                    return found
+                    return found, me["claim"]
                 if self.store.put_if_match(claim_key, _json(me), token):
-                    return None
+                    return None, me["claim"]
                 continue
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
+    def _release_claim(self, claim_key: str, claim: str) -> None:
+        """Delete our digest claim if it is still ours (best effort: the TTL is the fallback)."""
+        try:
+            data, token = self.store.get_with_token(claim_key)
+            if _load(data, f"digest record {claim_key}").get("claim") != claim:
+                return
+            # Mark it stale rather than delete: stores have no conditional delete.
+            self.store.put_if_match(claim_key, _json({"claim": claim, "at": 0}), token)
+        except Exception:  # noqa: BLE001 - the original error is what the caller must see
+            pass
+
     @staticmethod
     def _claim_is_stale(doc: dict[str, Any]) -> bool:
         if doc.get("host") == socket.gethostname() and isinstance(doc.get("pid"), int):
-            from .store.local import _pid_alive
-
             if not _pid_alive(doc["pid"]):
                 return True
         return time.time() - float(doc.get("at", 0)) > CLAIM_TTL_S
@@ -623,21 +780,25 @@ class Registry:
         metadata: dict[str, Any],
         aliases: list[str],
     ) -> Version:
-        """Save the editable parts of a version: description, metadata and its aliases."""
+        """Save the editable parts of a version: description, metadata and its aliases.
+
+        Only the aliases added to or removed from `version.aliases` (as loaded) are written, so
+        saving a stale handle never drags `latest` back from a newer version.
+        """
         aliases = [check_alias(a) for a in aliases]
         prefix = _artifact_prefix(version.entity, version.project, version.name)
-        try:
-            meta_json = _json({"description": description, "metadata": metadata})
-        except TypeError as e:
-            raise InvalidMetadata(
-                f"metadata of {version.qualified} is not JSON-serialisable: {e}"
-            ) from e
+        meta_json = check_metadata(version.qualified, description, metadata)
         self.store.put(prefix + f"meta/v{version.version}.json", meta_json)
-        current = self.aliases(version.entity, version.project, version.name)
-        for alias, n in current.items():
-            if n == version.version and alias not in aliases:
-                self.store.delete(prefix + f"aliases/{alias}.json")
-        self._move_aliases(prefix, version.version, aliases, latest_if_newer=False)
+        for alias in set(version.aliases) - set(aliases):
+            key = prefix + f"aliases/{alias}.json"
+            try:
+                if _load(self.store.get(key), f"alias record {key}").get("version") == \
+                        version.version:
+                    self.store.delete(key)
+            except KeyNotFound:
+                pass
+        added = [a for a in aliases if a not in version.aliases]
+        self._move_aliases(prefix, version.version, added, latest_if_newer=False)
         return self.version(ArtifactRef(version.entity, version.project, version.name,
                                         version.label))
 
@@ -647,7 +808,17 @@ class Registry:
         return f"entities/{entity}/projects/{project}/runs/{run_id}.json"
 
     def save_run(self, run: RunRecord) -> None:
-        self.store.put(self._run_key(run.entity, run.project, run.id), _json(run.to_json()))
+        with run.lock:
+            self._save_run(run)
+
+    def _save_run(self, run: RunRecord) -> None:
+        key, data = self._run_key(run.entity, run.project, run.id), _json(run.to_json())
+        if self._local is not None:
+            # Rewritten at every step of a run: an fsync each (~15 ms here) would dominate a
+            # re-log, and a power cut loses at most the last lineage update, never data.
+            self._local.put_fast(key, data)
+        else:
+            self.store.put(key, data)
 
     def get_run(self, entity: str, project: str, run_id: str) -> RunRecord:
         key = self._run_key(entity, project, run_id)
@@ -663,9 +834,14 @@ class Registry:
             yield RunRecord(**_load(self.store.get(key), f"run record {key}"))
 
     def record_use(self, version: Version, run: RunRecord) -> None:
+        """Add `version` to the run's inputs, and the run to the version's users."""
         prefix = _artifact_prefix(version.entity, version.project, version.name)
         self.store.put(prefix + f"used_by/v{version.version}/{run.entity}/{run.project}/{run.id}",
                        b"")
+        with run.lock:
+            if version.qualified not in run.inputs:
+                run.inputs.append(version.qualified)
+            self._save_run(run)
 
     def used_by(self, version: Version) -> list[RunRecord]:
         prefix = _artifact_prefix(version.entity, version.project, version.name)

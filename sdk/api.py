@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from artfs import config
-from artfs.names import check_name, parse_ref
+from artfs.errors import TypeMismatch
+from artfs.names import ArtifactRef, check_name, parse_ref
 from artfs.registry import Registry
 
 from .artifact import Artifact
@@ -26,25 +27,25 @@ class Api:
         ref = parse_ref(name, entity=self.entity, project=self.project)
         art = Artifact._from_version(self._registry, self._registry.version(ref))
         if type is not None and art.type != type:
-            from artfs.errors import TypeMismatch
-
             raise TypeMismatch(f"{art.qualified_name} has type {art.type!r}, not {type!r}")
         return art
 
     def artifacts(self, type: str | None, name: str) -> list[Artifact]:
-        """Every version of one artifact, oldest first."""
+        """Every version of one artifact (`[entity/][project/]name`), oldest first."""
         ref = parse_ref(name, entity=self.entity, project=self.project)
+        actual = self._registry.artifact_type(ref.entity, ref.project, ref.name)
         versions = self._registry.versions(ref.entity, ref.project, ref.name)
-        if not versions:
+        if actual is None or not versions:
             raise self._registry._not_found(ref)
-        out = []
-        for n in versions:
-            v = self._registry.version(parse_ref(
-                f"{ref.entity}/{ref.project}/{ref.name}:v{n}", entity=ref.entity,
-                project=ref.project))
-            if type is None or v.type == type:
-                out.append(Artifact._from_version(self._registry, v))
-        return out
+        if type is not None and actual != type:
+            raise TypeMismatch(
+                f"artifact {ref.entity}/{ref.project}/{ref.name} has type {actual!r}, not {type!r}"
+            )
+        return [
+            Artifact._from_version(self._registry, self._registry.version(
+                ArtifactRef(ref.entity, ref.project, ref.name, f"v{n}")))
+            for n in versions
+        ]
 
     def run(self, path: str) -> Run:
         """`entity/project/run_id` → the run's record."""

@@ -6,9 +6,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
 from artfs import config
-from artfs.errors import ArtfsError
-from artfs.names import parse_ref
-from artfs.registry import Registry, RunRecord
+from artfs.errors import ArtfsError, TypeMismatch
+from artfs.names import check_alias, check_name, parse_ref
+from artfs.registry import Registry, RunRecord, check_metadata
 
 from .artifact import Artifact
 
@@ -66,10 +66,17 @@ class Run:
     def log_artifact(
         self, artifact: Artifact, aliases: list[str] | None = None
     ) -> Artifact:
-        """Log `artifact` as its next version in the background; `wait()` or `finish()` joins."""
+        """Log `artifact` as its next version in the background; `wait()` or `finish()` joins.
+
+        What can be checked without I/O on the files (aliases, metadata, type) fails here, at
+        the call, rather than later in `wait()`.
+        """
         self._check_active()
         artifact._draft()
-        names = list(aliases or [])
+        names = [check_alias(a) for a in ([aliases] if isinstance(aliases, str) else
+                                          aliases or [])]
+        check_metadata(artifact.name, artifact.description, artifact.metadata)
+        self._registry.check_type(self.entity, self.project, artifact.name, artifact.type)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(LOG_WORKERS, thread_name_prefix=f"artfs-{self.id}")
         previous = self._last
@@ -98,11 +105,9 @@ class Run:
             version = self._registry.version(ref)
             art = Artifact._from_version(self._registry, version)
         if type is not None and art.type != type:
-            raise ArtfsError(f"{art.qualified_name} has type {art.type!r}, not {type!r}")
+            raise TypeMismatch(f"{art.qualified_name} has type {art.type!r}, not {type!r}")
         assert art._version is not None
         self._registry.record_use(art._version, self._record)
-        self._record.inputs.append(art._version.qualified)
-        self._registry.save_run(self._record)
         return art
 
     def _versions(self, labels: list[str]) -> list[Artifact]:
@@ -157,8 +162,9 @@ class Run:
             return
         try:
             self.finish()
-        except BaseException:  # noqa: BLE001 - the error already propagating wins
-            pass
+        except BaseException as late:  # noqa: BLE001 - the error already propagating wins
+            # ...but a failed background log is still reported, never dropped.
+            exc.add_note(f"also, a background log of run {self.path} failed: {late!r}")
 
 
 def init(
@@ -168,8 +174,9 @@ def init(
     registry: str | Registry | None = None,
 ) -> Run:
     """Start a run against `registry` (ARTFS_REGISTRY or the embedded default)."""
+    entity = check_name(entity or config.default_entity(), "entity")
+    project = check_name(project or config.default_project(), "project")
+    check_name(job_type, "job type")
     reg = registry if isinstance(registry, Registry) else Registry(registry)
-    record = reg.start_run(
-        entity or config.default_entity(), project or config.default_project(), job_type
-    )
+    record = reg.start_run(entity, project, job_type)
     return Run(reg, record, active=True)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import sdk
+from artfs.registry import Registry
+
+pytest_plugins = ["tests.servers"]
+
 #: Store kinds the SDK suite runs against (one parametrised suite, not three copies).
-STORE_KINDS = ["local"]
+STORE_KINDS = ["local", "s3", "gcs"]
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +55,32 @@ def project_dir(tmp_path: Path) -> Path:
     (root / "model.h5").write_bytes(b"model")
     os.chdir(root)
     return root
+
+
+@pytest.fixture
+def registry(registry_url: str) -> Iterator[Registry]:
+    """The registry behind `registry_url`, opened directly (to inspect or tamper with keys)."""
+    reg = Registry(registry_url)
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def log_files(registry_url: str, tmp_path: Path) -> Callable[..., sdk.Artifact]:
+    """`log_files(name, {entry path: bytes}, aliases=..., type=...)` → the logged Artifact."""
+    counter = itertools.count()
+
+    def log(name: str, files: dict[str, bytes], *, type: str = "dataset",
+            aliases: list[str] | None = None, project: str | None = None) -> sdk.Artifact:
+        src = tmp_path / f"src-{next(counter)}"
+        art = sdk.Artifact(name, type=type)
+        for path, data in files.items():
+            f = src / path
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(data)
+            art.add_file(f, name=path)
+        with sdk.init(job_type="test", project=project) as run:
+            run.log_artifact(art, aliases=aliases)
+        return art
+
+    return log

@@ -15,6 +15,7 @@ import fcntl
 import os
 import shutil
 import socket
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,7 @@ class LocalStore(Store):
         self.url = str(self.root)
         self.fsync = fsync
         self._host = socket.gethostname()
+        self._dirs: set[Path] = set()
 
     # -- paths -------------------------------------------------------------------------------
     def _path(self, key: str) -> Path:
@@ -56,14 +58,29 @@ class LocalStore(Store):
             raise StoreError(f"invalid store key {key!r} in {self.url}")
         return self.root / key
 
+    def _mkdir(self, path: Path) -> None:
+        if path not in self._dirs:
+            path.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(path)
+
     def temp_path(self) -> Path:
         """A fresh temporary file name inside the store, on the same filesystem as every key.
 
         The name carries host and pid so `sweep_temp` can tell abandoned files from live ones.
         """
         tmp = self.root / TMP_DIR
-        tmp.mkdir(parents=True, exist_ok=True)
+        self._mkdir(tmp)
         return tmp / f"{self._host}-{os.getpid()}-{uuid.uuid4().hex}"
+
+    def put_fast(self, key: str, data: bytes) -> None:
+        """Write atomically but without fsync: for blobs (verified on read) and run records."""
+        tmp = self.temp_path()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        self.adopt(tmp, key, overwrite=True, durable=False)
 
     def sweep_temp(self) -> int:
         """Delete temporary files left by dead processes of this host; returns how many."""
@@ -91,10 +108,15 @@ class LocalStore(Store):
                 os.fsync(f.fileno())
         return tmp
 
-    def adopt(self, tmp: Path, key: str, *, overwrite: bool) -> bool:
-        """Give a finished temporary file its final name; False if create-only and it existed."""
+    def adopt(self, tmp: Path, key: str, *, overwrite: bool, durable: bool = True) -> bool:
+        """Give a finished temporary file its final name; False if create-only and it existed.
+
+        `durable=False` is for blobs: content-addressed and verified on every read, they skip
+        the directory fsync (one per blob would cost more than the copy); `flush` before a
+        version record covers them when ARTFS_FSYNC_BLOBS is set.
+        """
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._mkdir(dest.parent)
         try:
             if overwrite:
                 os.rename(tmp, dest)
@@ -105,7 +127,7 @@ class LocalStore(Store):
                     return False
                 finally:
                     tmp.unlink(missing_ok=True)
-            if self.fsync:
+            if self.fsync and durable:
                 _fsync_dir(dest.parent)
             return True
         except PermissionError as e:
@@ -141,7 +163,7 @@ class LocalStore(Store):
             st = os.stat(self._path(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if not os.path.isfile(self._path(key)):
+        if not stat.S_ISREG(st.st_mode):
             return None
         return ObjectInfo(key, st.st_size, _token(st))
 
@@ -225,7 +247,10 @@ class LocalStore(Store):
         return self._path(key)
 
     def flush(self) -> None:
-        # One syncfs replaces thousands of per-blob fsyncs before a version record is written.
+        # Blobs skip fsync (see `adopt`); where durability of bulk bytes is wanted, one syncfs
+        # before the version record replaces thousands of per-blob fsyncs.
+        if os.environ.get("ARTFS_FSYNC_BLOBS", "") in ("", "0"):
+            return
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             if _libc.syncfs(fd) != 0:

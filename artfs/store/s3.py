@@ -1,0 +1,297 @@
+"""A registry in an S3 bucket (AWS or any S3-compatible server), on boto3.
+
+Concurrent writers stay correct through S3's conditional writes: `If-None-Match: *` creates a
+key only if absent, `If-Match: <etag>` replaces it only if unchanged; the server answers 412
+when the condition fails. Endpoint, credentials and region come only from boto3's standard
+configuration (AWS_ENDPOINT_URL, AWS_* variables, profiles), so artfs never needs its own
+settings for them. Retries are botocore's; transfers of large files are s3transfer's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
+from s3transfer.exceptions import RetriesExceededError
+
+from ..errors import AccessDenied, IntegrityError, KeyNotFound, StoreError
+from .base import ObjectInfo, Store
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+#: Above this size a file goes up (and comes down) in parallel parts. Each request to S3 costs
+#: tens of ms and each ranged GET on moto ~230 ms, so parts smaller than this buy little.
+MULTIPART_THRESHOLD = 16 * MiB
+#: Part size: at 16 MiB a part takes ~0.2 s at typical per-connection S3 bandwidth, short enough
+#: that a retried part wastes little; s3transfer raises it for objects past 10,000 parts.
+MULTIPART_CHUNKSIZE = 16 * MiB
+#: Parts in flight per store, shared by every transfer: enough to fill a ~1 GB/s link at
+#: ~60 MB/s per connection, while leaving pool connections for small metadata requests.
+MAX_CONCURRENCY = 16
+#: HTTP connections per store. boto3 clients are thread-safe; a pool smaller than the number of
+#: threads using the client would make urllib3 drop and re-open connections.
+MAX_POOL_CONNECTIONS = 32
+#: botocore's "standard" mode retries throttling, 5xx and connection errors with jittered
+#: exponential backoff; 8 attempts ride out a ~20 s outage before a StoreError reaches the user.
+MAX_ATTEMPTS = 8
+#: Checksum the server verifies on every upload (and stores, so reads can be checked too).
+UPLOAD_CHECKSUM = "SHA256"
+#: AWS answers 409 ConditionalRequestConflict when a conditional write races another write to the
+#: same key and asks the client to resend; botocore does not retry 409, so we do, this often.
+CONFLICT_ATTEMPTS = 5
+
+#: Metadata key holding a per-write id, to recognise our own write behind a 412 (see below).
+WRITE_ID_META = "artfs-write-id"
+
+_ACCESS_DENIED_CODES = {
+    "AccessDenied",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "AccountProblem",
+}
+_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
+
+
+def _sse_args_from_env() -> dict[str, str]:
+    """Server-side encryption arguments for every put, from ARTFS_S3_SSE(_KMS_KEY_ID)."""
+    mode = os.environ.get("ARTFS_S3_SSE", "").strip()
+    key_id = os.environ.get("ARTFS_S3_SSE_KMS_KEY_ID", "").strip()
+    if mode not in ("", "AES256", "aws:kms"):
+        raise StoreError(f"ARTFS_S3_SSE={mode!r} is not one of 'AES256', 'aws:kms'")
+    if key_id and mode != "aws:kms":
+        raise StoreError("ARTFS_S3_SSE_KMS_KEY_ID is set but ARTFS_S3_SSE is not 'aws:kms'")
+    args = {"ServerSideEncryption": mode} if mode else {}
+    if key_id:
+        args["SSEKMSKeyId"] = key_id
+    return args
+
+
+def _status(e: ClientError) -> int:
+    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+class S3Store(Store):
+    """Keys live below `prefix/` in one bucket; one client and one transfer pool per store."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        bucket, _, prefix = self.url[len("s3://") :].partition("/")
+        if not url.startswith("s3://") or not bucket:
+            raise StoreError(f"not an S3 registry URI: {url!r} (expected s3://bucket/prefix)")
+        self.bucket = bucket
+        self._prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._sse = _sse_args_from_env()
+        self._checksum: str | None = UPLOAD_CHECKSUM
+        config = Config(
+            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            max_pool_connections=MAX_POOL_CONNECTIONS,
+        )
+        try:
+            self._client = boto3.session.Session().client("s3", config=config)
+        except BotoCoreError as e:
+            raise StoreError(f"cannot create an S3 client for registry {self.url}: {e}") from e
+        self._transfer = create_transfer_manager(
+            self._client,
+            TransferConfig(
+                multipart_threshold=MULTIPART_THRESHOLD,
+                multipart_chunksize=MULTIPART_CHUNKSIZE,
+                max_concurrency=MAX_CONCURRENCY,
+            ),
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _key(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise StoreError(f"invalid store key {key!r} in {self.url}")
+        return self._prefix + key
+
+    def _error(self, e: ClientError, action: str, key: str) -> StoreError:
+        code, status = _code(e), _status(e)
+        if status == 403 or code in _ACCESS_DENIED_CODES:
+            return AccessDenied(f"access denied {action} {key!r} in registry {self.url} ({code})")
+        if code == "NoSuchBucket":
+            return StoreError(
+                f"bucket {self.bucket!r} of registry {self.url} does not exist ({action} {key!r})"
+            )
+        if status == 404 or code in _NOT_FOUND_CODES:
+            return KeyNotFound(f"{key!r} not found in registry {self.url}")
+        return StoreError(f"error {action} {key!r} in registry {self.url}: {e}")
+
+    @contextmanager
+    def _translate(self, action: str, key: str) -> Iterator[None]:
+        """Turn botocore's exceptions (raised after its retries) into artfs errors."""
+        try:
+            yield
+        except ClientError as e:
+            raise self._error(e, action, key) from e
+        except FlexibleChecksumError as e:
+            raise IntegrityError(
+                f"{key!r} in registry {self.url} arrived with a wrong checksum: {e}"
+            ) from e
+        except (BotoCoreError, RetriesExceededError) as e:  # the latter: s3transfer's downloads
+            raise StoreError(f"error {action} {key!r} in registry {self.url}: {e}") from e
+
+    def _put_args(self, key: str, data: bytes, **extra: Any) -> dict[str, Any]:
+        args = {"Bucket": self.bucket, "Key": self._key(key), "Body": data, **self._sse, **extra}
+        if self._checksum:
+            args["ChecksumAlgorithm"] = self._checksum
+        return args
+
+    def _put_object(self, key: str, data: bytes, **extra: Any) -> None:
+        """put_object, dropping the explicit checksum once if the server refuses it."""
+        try:
+            self._client.put_object(**self._put_args(key, data, **extra))
+        except ClientError as e:
+            if not (self._checksum and _status(e) in (400, 501) and "checksum" in str(e).lower()):
+                raise
+            log.warning(
+                "%s rejects %s upload checksums; using the client default", self.url, self._checksum
+            )
+            self._checksum = None
+            self._client.put_object(**self._put_args(key, data, **extra))
+
+    def _put_conditional(self, key: str, data: bytes, **condition: str) -> bool:
+        """One conditional put: True if written, False if the condition failed.
+
+        A write whose response was lost is resent by botocore and then fails its own condition;
+        the id stored with each conditional write tells that 412 apart from a real conflict.
+        """
+        write_id = uuid.uuid4().hex
+        for _ in range(CONFLICT_ATTEMPTS):
+            with self._translate("writing", key):
+                try:
+                    self._put_object(key, data, Metadata={WRITE_ID_META: write_id}, **condition)
+                    return True
+                except ClientError as e:
+                    status = _status(e)
+                    # Some servers answer If-Match on a missing key with 404 instead of 412.
+                    if status == 412 or (status == 404 and _code(e) != "NoSuchBucket"):
+                        return self._written_by(key, write_id)
+                    if status != 409:
+                        raise
+        raise StoreError(
+            f"error writing {key!r} in registry {self.url}: conflicting concurrent writes "
+            f"persisted through {CONFLICT_ATTEMPTS} attempts"
+        )
+
+    def _written_by(self, key: str, write_id: str) -> bool:
+        with self._translate("reading", key):
+            try:
+                meta = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as e:
+                if _status(e) == 404:
+                    return False
+                raise
+        return meta.get("Metadata", {}).get(WRITE_ID_META) == write_id
+
+    # -- Store -------------------------------------------------------------------------------
+    def get(self, key: str) -> bytes:
+        return self.get_with_token(key)[0]
+
+    def get_with_token(self, key: str) -> tuple[bytes, str]:
+        # botocore asks for and checks the stored checksum on whole-object reads by default.
+        with self._translate("reading", key):
+            resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return resp["Body"].read(), resp["ETag"]
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            if self.head(key) is None:
+                raise KeyNotFound(f"{key!r} not found in registry {self.url}")
+            return b""
+        with self._translate("reading", key):
+            try:
+                resp = self._client.get_object(
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    Range=f"bytes={start}-{start + length - 1}",
+                )
+            except ClientError as e:
+                if _status(e) == 416:  # the range starts at or past the end of the object
+                    return b""
+                raise
+            return resp["Body"].read()
+
+    def head(self, key: str) -> ObjectInfo | None:
+        with self._translate("reading", key):
+            try:
+                resp = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as e:
+                if _status(e) == 404:
+                    return None
+                raise
+        return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"])
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._translate("writing", key):
+            self._put_object(key, data)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        return self._put_conditional(key, data, IfNoneMatch="*")
+
+    def put_if_match(self, key: str, data: bytes, token: str) -> bool:
+        return self._put_conditional(key, data, IfMatch=token)
+
+    def put_file(self, key: str, path: Path) -> None:
+        extra = dict(self._sse)
+        if self._checksum:
+            extra["ChecksumAlgorithm"] = self._checksum
+        with self._translate("writing", key):
+            try:
+                self._transfer.upload(str(path), self.bucket, self._key(key), extra).result()
+            except FileNotFoundError as e:
+                raise StoreError(f"cannot upload {path}: file not found") from e
+
+    def get_file(self, key: str, path: Path) -> None:
+        # s3transfer downloads into a temporary name and renames, so `path` is never partial.
+        with self._translate("reading", key):
+            self._transfer.download(self.bucket, self._key(key), str(path)).result()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        strip = len(self._prefix)
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._prefix + prefix
+        )
+        with self._translate("listing", prefix):
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][strip:]
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        full = self._prefix + prefix
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=full, Delimiter="/"
+        )
+        names: list[str] = []
+        with self._translate("listing", prefix):
+            for page in pages:
+                names.extend(
+                    p["Prefix"][len(full) :].rstrip("/") for p in page.get("CommonPrefixes", [])
+                )
+        return sorted(names)
+
+    def delete(self, key: str) -> None:
+        with self._translate("deleting", key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def close(self) -> None:
+        self._transfer.shutdown()
+        self._client.close()

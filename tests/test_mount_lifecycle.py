@@ -1,0 +1,164 @@
+"""Mounting, unmounting, signals, stale mounts and concurrency of a real mount process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import sdk
+
+pytest_plugins = ["tests.mount_fixtures"]
+
+
+def test_mount_returns_when_usable_and_umount_stops_the_process(commit_tree, mount,
+                                                                 run_artfs) -> None:
+    commit_tree("ds", {"a.txt": b"a"})
+    m = mount()
+    assert (m.artifact("ds") / "v0" / "a.txt").read_bytes() == b"a"
+    out = run_artfs("umount", str(m.root))
+    assert "unmounted" in out.stdout
+    assert not os.path.ismount(m.root)
+    assert m.wait_gone(5)
+
+
+def test_mounting_over_a_non_empty_folder_is_refused(tmp_path: Path, run_artfs) -> None:
+    target = tmp_path / "full"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    out = run_artfs("mount", str(target), check=False)
+    assert out.returncode != 0 and "not empty" in out.stderr
+    assert not os.path.ismount(target)
+
+
+def test_mounting_twice_on_one_folder_is_refused(commit_tree, mount, run_artfs) -> None:
+    commit_tree("ds", {"a.txt": b"a"})
+    m = mount()
+    out = run_artfs("mount", str(m.root), check=False)
+    assert out.returncode != 0 and "already a mount point" in out.stderr
+
+
+def test_a_named_registry_that_does_not_exist_is_a_clear_error(tmp_path: Path,
+                                                               run_artfs) -> None:
+    (tmp_path / "mnt").mkdir()
+    out = run_artfs("mount", str(tmp_path / "mnt"), "--registry", str(tmp_path / "nope"),
+                    check=False)
+    assert out.returncode != 0 and "no artfs registry" in out.stderr
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_unmount_cleanly(commit_tree, mount, signum: int) -> None:
+    commit_tree("ds", {"a.txt": b"a"})
+    m = mount()
+    os.listdir(m.artifact("ds") / "v0")
+    os.kill(m.pid, signum)
+    assert m.wait_gone(10)
+    assert not os.path.ismount(m.root)
+    assert "unmounted" in m.log_text()
+
+
+def test_unmount_with_a_reader_still_open(commit_tree, mount, run_artfs) -> None:
+    commit_tree("ds", {"big.bin": os.urandom(4 * 1024 * 1024)})
+    m = mount()
+    with open(m.artifact("ds") / "v0" / "big.bin", "rb") as reader:
+        reader.read(1024)
+        busy = run_artfs("umount", str(m.root), check=False)
+        assert busy.returncode != 0 and "busy" in busy.stderr and "--lazy" in busy.stderr
+        assert os.path.ismount(m.root)
+        run_artfs("umount", "--lazy", str(m.root))
+        assert not os.path.ismount(m.root)
+    assert m.wait_gone(10)
+
+
+def test_remount_after_the_mount_process_was_killed(commit_tree, mount) -> None:
+    commit_tree("ds", {"a.txt": b"a"})
+    m = mount()
+    os.kill(m.pid, signal.SIGKILL)
+    assert m.wait_gone(5)
+    with pytest.raises(OSError):
+        os.listdir(m.root)  # ENOTCONN: the stale mount the kill left behind
+    again = mount()
+    assert again.root == m.root
+    assert (again.artifact("ds") / "v0" / "a.txt").read_bytes() == b"a"
+
+
+def test_sixteen_readers_stuck_on_slow_sources_do_not_block_the_mount(
+        commit_tree, mount, tmp_path: Path) -> None:
+    """16 readers of references whose source is frozen, plus listings and a stored read that
+    must still be served: blocking work is on worker threads, never the FUSE loop."""
+    files = {f"s{i:02d}.bin": bytes([i]) * 200_000 for i in range(16)}
+    commit_tree("sources", files)
+    source_mount = mount(name="source-mnt")
+    src_dir = source_mount.artifact("sources") / "v0"
+    art = sdk.Artifact("refs", type="dataset")
+    art.add_reference(src_dir.as_uri())
+    art.add_file(__file__, name="stored.py")
+    with sdk.init() as run:
+        run.log_artifact(art)
+    m = mount()
+    refs = m.artifact("refs") / "v0"
+    assert len(os.listdir(refs)) == 17
+
+    results: dict[str, bytes] = {}
+    os.kill(source_mount.pid, signal.SIGSTOP)
+    try:
+        readers = [threading.Thread(target=lambda n=n: results.__setitem__(
+            n, (refs / n).read_bytes()), daemon=True) for n in files]
+        for t in readers:
+            t.start()
+        time.sleep(1.0)
+        assert not results, "sources are frozen: no reader can have finished"
+        start = time.monotonic()
+        assert (refs / "stored.py").read_bytes() == Path(__file__).read_bytes()
+        assert "refs" in os.listdir(m.artifact("refs").parent)
+        assert time.monotonic() - start < 2
+    finally:
+        os.kill(source_mount.pid, signal.SIGCONT)
+    for t in readers:
+        t.join(30)
+    assert results == files
+    m.force_unmount()
+
+
+def test_make_mount_style_default_registry_is_created(tmp_path: Path, mount) -> None:
+    """`make mount` runs `artfs mount ~/artifacts` on the embedded default registry, which may
+    not exist yet on a fresh machine."""
+    env_registry = os.environ.pop("ARTFS_REGISTRY")
+    try:
+        os.environ["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+        m = mount()
+        assert os.listdir(m.root) == []
+    finally:
+        os.environ["ARTFS_REGISTRY"] = env_registry
+        os.environ.pop("XDG_DATA_HOME", None)
+    subprocess.run(["ls", m.root], check=True)
+
+
+@pytest.mark.slow
+def test_find_du_ls_over_100000_files_are_fast(commit_tree, mount) -> None:
+    files = {f"d{i // 100:03d}/f{i % 100:02d}.bin": bytes([i % 7]) * (i % 7 + 1)
+             for i in range(100_000)}
+    commit_tree("huge", files)
+    m = mount()
+    v0 = m.artifact("huge") / "v0"
+    start = time.monotonic()
+    found = subprocess.run(["find", v0, "-type", "f"], capture_output=True, check=True)
+    find_s = time.monotonic() - start
+    assert found.stdout.count(b"\n") == 100_000
+    start = time.monotonic()
+    du = subprocess.run(["du", "-s", "--apparent-size", "-B1", v0], capture_output=True,
+                        text=True, check=True)
+    du_s = time.monotonic() - start
+    assert int(du.stdout.split()[0]) == sum(len(d) for d in files.values())
+    start = time.monotonic()
+    ls = subprocess.run(["ls", "-lR", v0], capture_output=True, check=True)
+    ls_s = time.monotonic() - start
+    assert ls.stdout.count(b".bin\n") == 100_000
+    print(f"100k files: first find {find_s:.2f} s, du {du_s:.2f} s, ls -lR {ls_s:.2f} s")
+    assert find_s < 20 and du_s < 10 and ls_s < 10
