@@ -2,6 +2,8 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config nginx rsync attr fio
+# Peers the benchmarks compare against; not needed by the tests.
+BENCH_DEB_PACKAGES := rclone s3fs
 STAMP := $(VENV)/.installed
 
 .PHONY: install test mount bench lint clean
@@ -28,6 +30,10 @@ mount: install
 	$(VENV)/bin/artfs mount $(HOME)/artifacts
 
 bench: install
+	@missing=""; for p in $(BENCH_DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 	$(PY) -m bench
 
 lint: install

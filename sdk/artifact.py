@@ -182,6 +182,22 @@ class Artifact:
         for path, file, st in found:
             self._add_source(path, file, st, trusted=True)
 
+    @classmethod
+    def from_dir(
+        cls,
+        local_path: str | os.PathLike,
+        name: str,
+        type: str,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Artifact:
+        """A draft of every file below `local_path`, for scripts that commit a folder without
+        a mount: `run.log_artifact(Artifact.from_dir(...))` goes through the same
+        `Registry.log_version` as `artfs commit` of a staging folder."""
+        art = cls(name, type, description, metadata)
+        art.add_dir(local_path)
+        return art
+
     def _scan(self, folder: str, prefix: str, out: list[tuple[str, str, os.stat_result]]) -> None:
         """Collect (entry path, file, stat) below `folder` with one stat per file: add_dir of
         10,000 files must stay far below the 0.2 s a whole unchanged re-log may take."""

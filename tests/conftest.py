@@ -12,7 +12,7 @@ import pytest
 import sdk
 from artfs.registry import Registry
 
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.mount_fixtures", "tests.http_server"]
 
 #: Store kinds the SDK suite runs against (one parametrised suite, not three copies).
 STORE_KINDS = ["local", "s3", "gcs"]

@@ -53,7 +53,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a server started here, killing it if it ignores SIGTERM for 10 s."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -61,6 +62,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+#: The old private name, still imported by other test plugins (tests/http_server.py).
+_stop = stop_server
 
 
 def _wait_for_url(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
@@ -76,48 +81,58 @@ def _wait_for_url(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
             return  # any HTTP answer means it is serving
         except OSError:
             time.sleep(0.05)
-    _stop(proc)
+    stop_server(proc)
     raise RuntimeError(
         f"server did not answer {url} within {STARTUP_TIMEOUT_S}s:\n{log.read_text()}"
     )
 
 
-def _start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_moto(log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a moto S3 server on a free port and wait until it answers; returns (proc, endpoint).
+
+    A plain function (not only a fixture) so benchmarks and tests needing a server of their
+    own (e.g. one with IAM enforcement) start it the same way; stop it with `stop_server`.
+    """
     # Port 0 lets the OS pick without a race; werkzeug prints the port it got.
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log.read_text())
         if match:
+            _wait_for_url(proc, match.group(1) + "/", log)
             return proc, match.group(1)
         if proc.poll() is not None:
             break
         time.sleep(0.05)
-    _stop(proc)
+    stop_server(proc)
     raise RuntimeError(f"moto server did not start:\n{log.read_text()}")
+
+
+def s3_client_env(endpoint: str) -> dict[str, str]:
+    """Variables that point boto3 (here and in child processes) at a test S3 server."""
+    return {**S3_TEST_ENV, "AWS_ENDPOINT_URL": endpoint}
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A moto S3 server; boto3 in this process and in its children is pointed at it."""
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    proc, endpoint = _start_moto(log)
+    proc, endpoint = start_moto(log)
     try:
-        _wait_for_url(proc, endpoint + "/", log)
         with pytest.MonkeyPatch.context() as mp:
             for name in S3_UNSET_ENV:
                 mp.delenv(name, raising=False)
-            for name, value in {**S3_TEST_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
+            for name, value in s3_client_env(endpoint).items():
                 mp.setenv(name, value)
             yield RunningServer(endpoint, log)
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 def _fake_gcs_binary() -> Path:
@@ -164,7 +179,7 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
             _wait_for_url(proc, endpoint + "/storage/v1/b", log)
             break
         except RuntimeError:
-            _stop(proc)
+            stop_server(proc)
             if attempt == 2:
                 raise
     try:
@@ -172,7 +187,7 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
             mp.setenv("STORAGE_EMULATOR_HOST", endpoint)
             yield RunningServer(endpoint, log)
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 def _unique_bucket_name() -> str:

@@ -154,7 +154,8 @@ def test_unreadable_entry_inside_add_dir_is_named_and_adds_nothing(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="drops privileges from root to nobody")
 def test_file_without_read_permission_is_refused(tmp_path: Path) -> None:
-    """Root reads any file, so the check runs in a child that has dropped to `nobody`."""
+    """Root reads any file, so the check runs in a child that has dropped to `nobody` (after
+    its imports: the interpreter's own files may be readable by root only)."""
     shared = Path(os.environ.get("TMPDIR", "/tmp")) / f"artfs-perm-{os.getpid()}"
     shared.mkdir(mode=0o755, exist_ok=True)
     secret = shared / "secret.txt"

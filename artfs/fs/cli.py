@@ -1,4 +1,11 @@
-"""`artfs mount`, `artfs umount`, and `artfs info PATH` for a path inside a mount."""
+"""`artfs mount`, `artfs umount`, `artfs info PATH` for a path inside a mount, and the staging
+commands `artfs commit`, `diff`, `discard` and `stage`.
+
+The staging commands that change a staging folder (commit, discard, stage) are carried out by
+the mount process, which can wait for writers and refresh the kernel's view: the command sends
+its request as an extended attribute of the artifact folder and reads the reply from another.
+`diff` only reads, so it reads the staging area's files directly.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,14 @@ import argparse
 import errno
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
-from .. import config
+from .. import config, staging
 from ..errors import ArtfsError
-from .ops import XATTR_PREFIX
+from .ops import CONTROL_XATTR, RESULT_XATTR, XATTR_PREFIX
+from .tree import STAGING_NAME
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -49,6 +58,30 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
             print_facts(facts, as_json=args.json)
 
     info.set_defaults(func=info_name_or_path)
+
+    p = sub.add_parser("commit", help="turn an artifact's @staging folder into its next version")
+    p.add_argument("path", metavar="PATH", help="artifact folder in a mount, or its @staging")
+    p.add_argument("--alias", action="append", default=[], help="alias to point at it")
+    p.add_argument("--type", help="artifact type (required for a new artifact)")
+    p.add_argument("--description")
+    p.add_argument("--metadata", help="JSON object")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for files still open for writing (default: refuse)")
+    p.set_defaults(func=cmd_commit)
+
+    p = sub.add_parser("diff", help="show files added (A), changed (M), removed (D) in staging")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("discard", help="drop staged changes: staging shows the latest version")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_discard)
+
+    p = sub.add_parser("stage", help="restart an artifact's staging folder")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--empty", action="store_true",
+                   help="start empty instead of from the latest version")
+    p.set_defaults(func=cmd_stage)
 
 
 def cmd_mount(args: argparse.Namespace) -> None:
@@ -95,3 +128,74 @@ def print_facts(facts: dict[str, Any], *, as_json: bool) -> None:
         elif isinstance(value, list):
             value = ", ".join(map(str, value))
         print(f"{key + ':':13}{'-' if value is None or value == '' else value}")
+
+
+def staged_artifact(path: str) -> tuple[Path, dict[str, Any]]:
+    """The artifact folder for PATH (the folder or its @staging) and its published facts."""
+    folder = Path(path).expanduser().absolute()
+    if folder.name == STAGING_NAME:
+        folder = folder.parent
+    facts = mounted_facts(str(folder))
+    if facts is None or "versions" not in facts:
+        raise ArtfsError(f"{path} is not an artifact folder in an artfs mount; give "
+                         f"MOUNT/<entity>/<project>/<name> or its {STAGING_NAME} folder")
+    return folder, facts
+
+
+def send(folder: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """Have the mount run a staging command; its reply, or ArtfsError with its message."""
+    request["id"] = uuid.uuid4().hex
+    try:
+        os.setxattr(folder, CONTROL_XATTR, json.dumps(request).encode())
+        reply = json.loads(os.getxattr(folder, RESULT_XATTR + request["id"]))
+    except OSError as e:
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            raise ArtfsError(
+                f"the mount serving {folder} ended during `{request['op']}`; staged files "
+                "are kept on local disk: mount again and check with `artfs diff`") from e
+        raise ArtfsError(f"{request['op']} of {folder} failed: {e}") from e
+    if not reply.get("ok"):
+        raise ArtfsError(reply.get("error") or "failed")
+    return reply
+
+
+def cmd_commit(args: argparse.Namespace) -> None:
+    folder, _ = staged_artifact(args.path)
+    metadata = json.loads(args.metadata) if args.metadata else None
+    reply = send(folder, {"op": "commit", "aliases": args.alias, "type": args.type,
+                          "description": args.description, "metadata": metadata,
+                          "wait": args.wait})
+    print(reply["message"])
+
+
+def cmd_diff(args: argparse.Namespace) -> None:
+    _, facts = staged_artifact(args.path)
+    entity, project, name = facts["artifact"].split("/")
+    root = staging.registry_root(facts["registry"]) / entity / project / name
+    if not (root / "index.db").exists():
+        print(f"no staged changes: the staging folder of {facts['artifact']} is not in use")
+        return
+    area = staging.Staging(facts["registry"], entity, project, name)
+    try:
+        changes = area.diff()
+        base = area.base_version
+    finally:
+        area.close()
+    against = f"v{base}" if base is not None else "nothing (new artifact)"
+    if not changes:
+        print(f"no changes against {against}")
+        return
+    for line in changes.lines():
+        print(line)
+    print(f"{len(changes.added)} added, {len(changes.changed)} changed, "
+          f"{len(changes.removed)} removed against {against}")
+
+
+def cmd_discard(args: argparse.Namespace) -> None:
+    folder, _ = staged_artifact(args.path)
+    print(send(folder, {"op": "discard"})["message"])
+
+
+def cmd_stage(args: argparse.Namespace) -> None:
+    folder, _ = staged_artifact(args.path)
+    print(send(folder, {"op": "empty" if args.empty else "discard"})["message"])

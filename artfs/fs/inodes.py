@@ -59,6 +59,21 @@ class View:
         return f"{self.entity}/{self.project}/{self.name}:v{self.version}"
 
 
+@dataclass(frozen=True)
+class StagingArea:
+    """An artifact's `@staging` folder: its nodes are rows of the area's SQLite tree, numbered
+    `slot << 32 | node id` like a view's rows. Node ids survive renames and commits."""
+
+    slot: int
+    entity: str
+    project: str
+    name: str
+
+    @property
+    def what(self) -> str:
+        return f"{self.entity}/{self.project}/{self.name}"
+
+
 class InodeTable:
     """Stable numbering plus per-slot lookup counts, so an unused view's index can be closed."""
 
@@ -67,7 +82,8 @@ class InodeTable:
         self._ns_by_inode: dict[int, Namespace] = {pyfuse3.ROOT_INODE: Namespace(())}
         self._next_ns = itertools.count(pyfuse3.ROOT_INODE + 1)
         self._slot_by_key: dict[tuple[str, str, str, int, str | None], int] = {}
-        self._views: dict[int, View] = {}
+        self._views: dict[int, View | StagingArea] = {}
+        self._staging: dict[tuple[str, str, str], StagingArea] = {}
         self._next_slot = itertools.count(1)
         #: Kernel references (lookup / readdirplus replies minus forgets) per slot; slot 0 counts
         #: namespace inodes.
@@ -89,7 +105,9 @@ class InodeTable:
         key = (entity, project, name, version, alias)
         slot = self._slot_by_key.get(key)
         if slot is not None:
-            return self._views[slot]
+            found = self._views[slot]
+            assert isinstance(found, View)
+            return found
         file_slot = self.view(entity, project, name, version, None).slot if alias else 0
         slot = next(self._next_slot)
         view = View(slot, entity, project, name, version, alias, file_slot or slot)
@@ -97,11 +115,24 @@ class InodeTable:
         self._views[slot] = view
         return view
 
+    def staging(self, entity: str, project: str, name: str) -> StagingArea:
+        """The staging slot of an artifact, created on first use."""
+        key = (entity, project, name)
+        area = self._staging.get(key)
+        if area is None:
+            area = self._staging[key] = StagingArea(next(self._next_slot), *key)
+            self._views[area.slot] = area
+        return area
+
+    @staticmethod
+    def staging_inode(area: StagingArea, node_id: int) -> int:
+        return (area.slot << SLOT_SHIFT) | node_id
+
     @staticmethod
     def content_inode(view: View, row: int, is_dir: bool) -> int:
         return ((view.slot if is_dir else view.file_slot) << SLOT_SHIFT) | row
 
-    def decode(self, inode: int) -> Namespace | tuple[View, int]:
+    def decode(self, inode: int) -> Namespace | tuple[View | StagingArea, int]:
         """What an inode names; KeyError for a number this mount never handed out."""
         slot, row = inode >> SLOT_SHIFT, inode & ROW_MASK
         if slot == 0:

@@ -1,9 +1,9 @@
 """The `pyfuse3.Operations` of an artfs mount: the registry as a read-only directory tree.
 
 This module only translates FUSE requests; what a directory contains lives in `tree`, where
-bytes come from in `reader`, and inode numbering in `inodes`. Writes anywhere fail with EROFS
-(the staging folder of a later issue will be the one writable place, so the mount itself is not
-mounted `ro`).
+bytes come from in `reader`, inode numbering in `inodes`, and everything inside an artifact's
+`@staging` folder in `staged`. Writes anywhere else fail with EROFS, except `mkdir` of a new
+entity, project or artifact, which creates a pending one whose staging folder starts empty.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from typing import Any
 import pyfuse3
 import trio
 
+from .. import config, staging
 from ..errors import ArtifactNotFound
-from ..names import parse_version
+from ..names import check_name, parse_version
 from ..registry import Registry, Version
-from .inodes import VIEW_ROOT_ROW, InodeTable, Namespace, View
+from .inodes import VIEW_ROOT_ROW, InodeTable, Namespace, StagingArea, View
 from .reader import Handle, Reader, Unreadable
+from .staged import FileHandle, StagedFS
 from .tree import STAGING_NAME, Row, Tree
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ NAMESPACE_TTL_S = 1.0
 BLKSIZE = 1024 * 1024
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT
 XATTR_PREFIX = "user.artfs."
+#: `artfs commit/discard/stage` send their request as this attribute of the staging folder...
+CONTROL_XATTR = XATTR_PREFIX + "control"
+#: ...and read the reply from this one, suffixed with the request id.
+RESULT_XATTR = XATTR_PREFIX + "result."
 DIR_MODE = stat.S_IFDIR | 0o755
 FILE_MODE = stat.S_IFREG | 0o644
 
@@ -75,16 +81,45 @@ class Operations(pyfuse3.Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started_ns = time.time_ns()
         self._fh = itertools.count(1)
-        self._files: dict[int, Handle] = {}
+        self._files: dict[int, Handle | FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._mtimes: dict[int, int] = {}
+        self.staged = StagedFS(registry, tree, reader, self.inodes, self._attrs)
 
     # -- helpers -----------------------------------------------------------------------------
-    def _node(self, inode: int) -> Namespace | tuple[View, int]:
+    def _node(self, inode: int) -> Namespace | tuple[View, int] | tuple[StagingArea, int]:
         try:
-            return self.inodes.decode(inode)
+            node = self.inodes.decode(inode)
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
+        return node  # type: ignore[return-value]
+
+    async def _staging(self, coro: Any) -> Any:
+        """Await a staging request: OS errors keep their errno; anything unexpected is logged
+        and becomes EIO, so one bad request never takes the mount down."""
+        try:
+            return await coro
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            log.warning("staging request failed: %s", e)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:  # noqa: BLE001 - the mount must stay up
+            log.exception("staging request failed")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def _staged(self, inode: int) -> tuple[StagingArea, int] | None:
+        """(area, node id) when the inode is inside a staging folder."""
+        node = self._node(inode)
+        if isinstance(node, tuple) and isinstance(node[0], StagingArea):
+            return node[0], node[1]
+        return None
+
+    def _view(self, inode: int) -> Namespace | tuple[View, int]:
+        """A namespace or version node; anything inside a staging folder is handled before."""
+        node = self._node(inode)
+        assert not (isinstance(node, tuple) and isinstance(node[0], StagingArea))
+        return node  # type: ignore[return-value]
 
     async def _guard(self, coro: Any) -> Any:
         """Await a registry call; missing names are ENOENT, any other failure EIO and a log."""
@@ -165,11 +200,14 @@ class Operations(pyfuse3.Operations):
         return attrs
 
     async def _lookup(self, parent_inode: int, name: str) -> pyfuse3.EntryAttributes:
-        node = self._node(parent_inode)
+        staged = self._staged(parent_inode)
+        if staged is not None:
+            return await self._staging(self.staged.lookup(*staged, name))
+        node = self._view(parent_inode)
         if isinstance(node, Namespace):
             if node.level == "artifact":
                 if name == STAGING_NAME:
-                    raise pyfuse3.FUSEError(errno.ENOENT)
+                    return self.staged.root_attrs(self.inodes.staging(*node.parts))
                 return await self._view_attrs(await self._resolve_view(node.parts, name))
             if name not in await self._guard(self.tree.children(node.parts)):
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -182,7 +220,10 @@ class Operations(pyfuse3.Operations):
         return await self._row_attrs(view, child)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        node = self._node(inode)
+        staged = self._staged(inode)
+        if staged is not None:
+            return await self._staging(self.staged.getattr(*staged))
+        node = self._view(inode)
         if isinstance(node, Namespace):
             return self._namespace_attrs(inode)
         view, row_id = node
@@ -198,10 +239,19 @@ class Operations(pyfuse3.Operations):
 
     # -- directories -------------------------------------------------------------------------
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        node = self._node(inode)
         handle = DirHandle(inode)
+        staged = self._staged(inode)
+        if staged is not None:
+            # ENOENT for a folder removed meanwhile
+            await self._staging(self.staged.getattr(*staged))
+            fh = next(self._fh)
+            self._dirs[fh] = handle
+            return fh
+        node = self._view(inode)
         if isinstance(node, Namespace):
             handle.names = await self._guard(self.tree.children(node.parts))
+            if node.level == "artifact" and self.staged.exists_on_disk(*node.parts):
+                handle.names.append(STAGING_NAME)  # listed once in use, see SEMANTICS.md
         else:
             await self._guard(self.tree.index(node[0]))
         fh = next(self._fh)
@@ -210,7 +260,11 @@ class Operations(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs[fh]
-        node = self._node(handle.inode)
+        staged = self._staged(handle.inode)
+        if staged is not None:
+            await self._staging(self.staged.readdir(*staged, start_id, token))
+            return
+        node = self._view(handle.inode)
         if isinstance(node, Namespace):
             assert handle.names is not None
             await self._readdir_namespace(node, handle.names, start_id, token)
@@ -236,6 +290,8 @@ class Operations(pyfuse3.Operations):
         if node.level == "artifact":
             # Version records give the folders' times; fetch the page's records in parallel.
             for name in page:
+                if name == STAGING_NAME:
+                    continue
                 try:
                     views[name] = await self._resolve_view(node.parts, name)
                 except pyfuse3.FUSEError:
@@ -245,9 +301,12 @@ class Operations(pyfuse3.Operations):
                     nursery.start_soon(self._mtime, view)
         for i, name in enumerate(page, start + 1):
             if node.level == "artifact":
-                if name not in views:
+                if name == STAGING_NAME:
+                    attrs = self.staged.root_attrs(self.inodes.staging(*node.parts))
+                elif name not in views:
                     continue
-                attrs = await self._view_attrs(views[name])
+                else:
+                    attrs = await self._view_attrs(views[name])
             else:
                 attrs = self._namespace_attrs(self.inodes.namespace((*node.parts, name)))
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, i):
@@ -259,9 +318,14 @@ class Operations(pyfuse3.Operations):
 
     # -- files -------------------------------------------------------------------------------
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        staged = self._staged(inode)
+        if staged is not None:
+            fh = next(self._fh)
+            self._files[fh] = await self._staging(self.staged.open(*staged, flags))
+            return pyfuse3.FileInfo(fh=fh)
         if flags & WRITE_FLAGS:
             raise _erofs()
-        node = self._node(inode)
+        node = self._view(inode)
         if isinstance(node, Namespace):
             raise pyfuse3.FUSEError(errno.EISDIR)
         view, row_id = node
@@ -282,6 +346,8 @@ class Operations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> memoryview | bytes:
         handle = self._files[fh]
+        if isinstance(handle, FileHandle):
+            return await self._staging(self.staged.read(handle, off, size))
         try:
             return await handle.read(off, size)
         except Unreadable as e:
@@ -292,12 +358,48 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def release(self, fh: int) -> None:
-        self._files.pop(fh).close()
+        handle = self._files.pop(fh)
+        if isinstance(handle, FileHandle):
+            await self._staging(self.staged.release(handle))
+        else:
+            handle.close()
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._files[fh]
+        if not isinstance(handle, FileHandle):
+            raise _erofs()
+        return await self._staging(self.staged.write(handle, off, buf))
+
+    async def flush(self, fh: int) -> None:
+        handle = self._files[fh]
+        if isinstance(handle, FileHandle):
+            await self._staging(self.staged.flush(handle))
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._files[fh]
+        if isinstance(handle, FileHandle):
+            await self._staging(self.staged.fsync(handle))
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo,
+                                                           pyfuse3.EntryAttributes]:
+        staged = self._staged(parent_inode)
+        if staged is None:
+            raise _erofs()
+        handle, attrs = await self._staging(
+            self.staged.create(*staged, os.fsdecode(name), mode, flags))
+        fh = next(self._fh)
+        self._files[fh] = handle
+        self.inodes.remember(attrs.st_ino)
+        return pyfuse3.FileInfo(fh=fh), attrs
 
     # -- facts -------------------------------------------------------------------------------
     async def facts(self, inode: int) -> dict[str, Any]:
         """What `artfs info PATH` and the `user.artfs.*` attributes show for an inode."""
-        node = self._node(inode)
+        staged = self._staged(inode)
+        if staged is not None:
+            return await self._staging(self.staged.facts(*staged))
+        node = self._view(inode)
         out: dict[str, Any] = {"registry": self.registry.url}
         if isinstance(node, Namespace):
             for key, value in zip(("entity", "project", "artifact"), node.parts, strict=False):
@@ -338,6 +440,11 @@ class Operations(pyfuse3.Operations):
         key = os.fsdecode(name)
         if not key.startswith(XATTR_PREFIX):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if key.startswith(RESULT_XATTR):
+            reply = self.staged.result(key[len(RESULT_XATTR):])
+            if reply is None:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return json.dumps(reply).encode()
         facts = await self.facts(inode)
         key = key[len(XATTR_PREFIX):]
         if key == "info":
@@ -347,55 +454,128 @@ class Operations(pyfuse3.Operations):
         return _xattr_value(facts[key])
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        """Free space is that of the state folder, where staged bytes go (so `df` and tools
+        that check for room before copying see the truth)."""
         s = pyfuse3.StatvfsData()
         s.f_bsize = BLKSIZE
         s.f_frsize = 4096
         s.f_namemax = 255
+        try:
+            disk = os.statvfs(config.state_dir())
+        except OSError:
+            return s
+        scale = disk.f_frsize / s.f_frsize
+        s.f_blocks = int(disk.f_blocks * scale)
+        s.f_bfree = int(disk.f_bfree * scale)
+        s.f_bavail = int(disk.f_bavail * scale)
+        s.f_files, s.f_ffree, s.f_favail = disk.f_files, disk.f_ffree, disk.f_favail
         return s
 
-    # -- everything that would write ---------------------------------------------------------
+    # -- writing: inside staging folders, and new namespaces -------------------------------
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise _erofs()
+        staged = self._staged(inode)
+        if staged is None:
+            raise _erofs()
+        return await self._staging(self.staged.setattr(*staged, attr, fields))
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise _erofs()
+        raise self._not_storable(parent_inode, "device files, FIFOs and sockets")
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise _erofs()
+        staged = self._staged(parent_inode)
+        if staged is not None:
+            attrs = await self._staging(self.staged.mkdir(*staged, os.fsdecode(name), mode))
+        else:
+            attrs = await self._mkdir_namespace(parent_inode, os.fsdecode(name))
+        self.inodes.remember(attrs.st_ino)
+        return attrs
+
+    async def _mkdir_namespace(self, parent_inode: int, name: str) -> pyfuse3.EntryAttributes:
+        """A new entity, project or artifact: recorded on local disk until its first commit."""
+        node = self._view(parent_inode)
+        if not isinstance(node, Namespace) or node.level == "artifact":
+            raise _erofs()
+        try:
+            check_name(name, ("entity", "project", "artifact name")[len(node.parts)])
+        except ValueError as e:
+            log.error("mkdir %s: %s", "/".join((*node.parts, name)), e)
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        if name in await self._guard(self.tree.children(node.parts)):
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        parts = (*node.parts, name)
+        if node.level == "project":
+            # A new, empty staging area.
+            await self._staging(self.staged.state(self.inodes.staging(*parts)))
+        else:
+            await self.tree.blocking(staging.add_pending, self.registry.url, parts)
+        return self._namespace_attrs(self.inodes.namespace(parts))
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _erofs()
+        staged = self._staged(parent_inode)
+        if staged is None:
+            raise _erofs()
+        await self._staging(self.staged.unlink(*staged, os.fsdecode(name)))
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _erofs()
+        staged = self._staged(parent_inode)
+        if staged is None:
+            raise _erofs()
+        await self._staging(self.staged.rmdir(*staged, os.fsdecode(name)))
+
+    def _not_storable(self, parent_inode: int, what: str) -> pyfuse3.FUSEError:
+        """Symlinks, hard links and special files: a manifest holds regular files only, so a
+        staging folder refuses them (EPERM, as filesystems without them do) instead of
+        committing something else."""
+        staged = self._staged(parent_inode)
+        if staged is None:
+            return _erofs()
+        log.info("refused in %s/@staging: %s cannot be stored in an artifact", staged[0].what,
+                 what)
+        return pyfuse3.FUSEError(errno.EPERM)
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise _erofs()
+        raise self._not_storable(parent_inode, "symbolic links")
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
-        raise _erofs()
+        old, new = self._staged(parent_inode_old), self._staged(parent_inode_new)
+        if old is None and new is None:
+            raise _erofs()
+        if old is None or new is None or old[0] != new[0]:
+            # Another artifact's staging folder, or a version: `mv` then copies and deletes.
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        await self._staging(self.staged.rename(old[0], old[1], os.fsdecode(name_old), new[1],
+                                 os.fsdecode(name_new), flags))
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise _erofs()
-
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo,
-                                                           pyfuse3.EntryAttributes]:
-        raise _erofs()
-
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        raise _erofs()
+        raise self._not_storable(new_parent_inode, "hard links")
 
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
-        raise _erofs()
+        """The CLI's channel into the mount: `artfs commit` and friends set CONTROL_XATTR on an
+        artifact folder or its staging folder; the mount runs the command, so it can wait for
+        writers and refresh what the kernel caches."""
+        if os.fsdecode(name) != CONTROL_XATTR:
+            raise _erofs()
+        staged = self._staged(inode)
+        if staged is not None and staged[1] == staging.ROOT:
+            area = staged[0]
+        else:
+            node = self._node(inode)
+            if not isinstance(node, Namespace) or node.level != "artifact":
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            area = self.inodes.staging(*node.parts)
+        try:
+            request = json.loads(value)
+        except ValueError:
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        await self._staging(self.staged.control(area, request))
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise _erofs()

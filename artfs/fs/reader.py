@@ -20,7 +20,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,15 +40,27 @@ MiB = 1024 * 1024
 #: served: one GET of 64 MiB costs ~0.2-0.5 s on the test stores, a fair price for never serving
 #: unverified bytes of the files most datasets consist of.
 WHOLE_FETCH_MAX = 64 * MiB
-#: Granularity of a partially fetched remote blob; one bit of state per block.
+#: Granularity of a partially fetched remote blob; one bit of state per block. A read that is
+#: not (yet) part of a stream fetches just its own blocks, so a random 4 KiB read costs one
+#: ranged GET of ~1 MiB and reading 1 MiB at the end of a 4 GiB blob about 1-2 MiB.
 BLOCK = 1 * MiB
-#: Sequential prefetch starts at one block and doubles on every sequential read up to the cap:
-#: a random reader pays for ~1 MiB, a streaming reader soon has 64 MiB in flight, enough to
-#: hide the ~230 ms per-request latency measured on moto (FACTS.md).
-PREFETCH_START = 1 * MiB
-PREFETCH_MAX = 64 * MiB
-#: One ranged GET fetches at most this much, so a large window becomes parallel requests.
+#: One ranged GET fetches at most this much.
 PART = 8 * MiB
+#: Contiguous reads after which a handle counts as sequential and ONE streaming GET of the rest
+#: of the blob starts. Many ranged GETs were the problem: each costs ~230 ms on moto, and the old
+#: 1 MiB-at-a-time window extension read 256 MiB in 38.6 s where one GET takes 0.52 s. The
+#: kernel turns `cat` into 128 KiB-1 MiB requests, so two in a row already mean streaming while
+#: a random read is one request.
+SEQUENTIAL_READS = 2
+#: A stream runs at most this far ahead of the furthest byte read from it, which bounds what an
+#: abandoned stream transfers; 64 MiB is ~0.15-0.2 s of a single GET at 300-500 MiB/s (FACTS.md),
+#: so a steady reader never catches up with a running stream.
+STREAM_AHEAD = 64 * MiB
+#: Bytes per streaming step (network read, write, hash on one worker thread): the thread hop
+#: (~0.1 ms) is noise against ~5 ms of transfer, and waiting readers wake every few ms.
+STREAM_CHUNK = 2 * MiB
+#: A stream nobody has read near for this long is closed: it holds a connection open.
+STREAM_IDLE_S = 10.0
 #: Kernel read requests are at most 1 MiB (256 pages); buffers of that size are reused.
 BUFFER_SIZE = 1 * MiB
 
@@ -108,19 +121,48 @@ class LocalHandle(Handle):
         os.close(self.fd)
 
 
-class PartialBlob:
-    """A large remote blob being fetched block by block into a sparse file of the cache.
+class Stream:
+    """One open-ended GET of a blob from `start`, written into the blob's file as it arrives."""
 
-    Shared by every open handle of that blob in this mount. When the last block arrives the
-    file is handed to the shared cache, which hashes it and keeps it only if it matches.
+    def __init__(self, start: int, want: int) -> None:
+        self.start = start
+        #: Bytes [start, pos) are in the file.
+        self.pos = start
+        #: Furthest byte a reader asked of this stream; it pauses at `want + STREAM_AHEAD`.
+        self.want = want
+        self.cancelled = False
+        #: Set (and replaced) after every step; readers waiting for streamed bytes wait on it.
+        self.progress = trio.Event()
+        #: Set when `want` grows or the stream is cancelled; a paused stream waits on it.
+        self.demand = trio.Event()
+
+    def covers(self, off: int) -> bool:
+        """Whether the byte at `off` will arrive through this stream without a longer wait."""
+        return not self.cancelled and self.start <= off < self.pos + STREAM_AHEAD
+
+    def ask(self, end: int) -> None:
+        if end > self.want:
+            self.want = end
+            self.demand.set()
+
+
+class PartialBlob:
+    """A large remote blob being fetched into a sparse file of this mount's work folder.
+
+    Shared by every open handle of that blob in this mount. Bytes come from small ranged GETs
+    (random and first reads) and from at most one `Stream` (sequential readers). A SHA-256 of
+    the blob's prefix grows as streamed bytes arrive; when every block is present the rest is
+    hashed from the file, and the blob joins the shared cache only if the digest matches.
     """
 
     def __init__(self, reader: Reader, digest: str, size: int,
-                 fetch_range: Callable[[int, int], bytes], file: Path) -> None:
+                 fetch_range: Callable[[int, int], bytes],
+                 open_stream: Callable[[int], Iterator[bytes]], file: Path) -> None:
         self.reader = reader
         self.digest = digest
         self.size = size
         self.fetch_range = fetch_range
+        self.open_stream = open_stream
         self.file = file
         self.fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         os.ftruncate(self.fd, size)
@@ -128,12 +170,22 @@ class PartialBlob:
         self.present = bytearray(self.blocks)
         self.missing = self.blocks
         self.pending: dict[int, trio.Event] = {}
+        self.stream: Stream | None = None
+        #: SHA-256 of bytes [0, hashed); touched only by stream steps and by `_adopt`, which never
+        #: run at the same time (adoption waits for the stream to end).
+        self.hasher = hashlib.sha256()
+        self.hashed = 0
         self.error: str | None = None
         self.verified = False
+        self.adopting = False
         self.users = 0
+        #: Tasks that may still touch `fd`; the file is closed only when they are done.
+        self.busy = 0
+        self.closed = False
 
-    def _start(self, first: int, last: int) -> list[trio.Event]:
-        """Start fetching the missing blocks in [first, last]; events to wait for all of them."""
+    # -- ranged fetches ----------------------------------------------------------------------
+    def _start(self, blocks: list[int]) -> list[trio.Event]:
+        """Start ranged fetches of `blocks` (ascending, not present, not pending)."""
         events: list[trio.Event] = []
         run: list[int] = []
 
@@ -142,21 +194,15 @@ class PartialBlob:
                 ev = trio.Event()
                 for b in run:
                     self.pending[b] = ev
+                self.busy += 1
                 self.reader.nursery.start_soon(self._fetch, run[0], run[-1], ev)
                 events.append(ev)
                 run.clear()
 
-        for b in range(max(first, 0), min(last, self.blocks - 1) + 1):
-            if self.present[b]:
+        for b in blocks:
+            if run and (b != run[-1] + 1 or len(run) * BLOCK >= PART):
                 flush()
-            elif b in self.pending:
-                flush()
-                if self.pending[b] not in events:
-                    events.append(self.pending[b])
-            else:
-                run.append(b)
-                if len(run) * BLOCK >= PART:
-                    flush()
+            run.append(b)
         flush()
         return events
 
@@ -168,70 +214,221 @@ class PartialBlob:
             if len(data) != length:
                 raise Unreadable(f"store returned {len(data)} bytes for a {length}-byte range "
                                  f"at {off}")
-            await self.reader.blocking(os.pwrite, self.fd, data, off)
-            for b in range(first, last + 1):
-                self.present[b] = 1
-            self.missing -= last - first + 1
+            if not self.closed:
+                await self.reader.blocking(os.pwrite, self.fd, data, off)
+                self._mark(first, last + 1)
         except Exception as e:  # noqa: BLE001 - any failure makes this file unreadable
             self.error = self.error or f"fetching bytes {off}-{off + length}: {e}"
         finally:
             for b in range(first, last + 1):
                 self.pending.pop(b, None)
             done.set()
-        if self.missing == 0 and self.error is None:
+            self.busy -= 1
+            self._finish_if_idle()
+        await self._maybe_adopt()
+
+    def _mark(self, first: int, stop: int) -> None:
+        for b in range(first, stop):
+            if not self.present[b]:
+                self.present[b] = 1
+                self.missing -= 1
+
+    # -- the stream --------------------------------------------------------------------------
+    def stream_from(self, off: int) -> None:
+        """A sequential reader is at `off`: make sure one stream will bring the bytes after it."""
+        if self.closed or self.adopting or self.missing == 0 or self.error:
+            return
+        s = self.stream
+        if s is not None:
+            if s.covers(off):
+                s.ask(off)
+            elif s.pos >= s.want + STREAM_AHEAD:
+                # Its reader went elsewhere: stop it; the next sequential read starts a new one.
+                s.cancelled = True
+                s.demand.set()
+            # else it serves another reader; this one keeps to ranged reads.
+            return
+        b = off // BLOCK
+        while b < self.blocks and (self.present[b] or b in self.pending):
+            b += 1
+        if b >= self.blocks:
+            return
+        self.stream = Stream(b * BLOCK, off)
+        self.busy += 1
+        self.reader.nursery.start_soon(self._run_stream, self.stream)
+
+    async def _run_stream(self, s: Stream) -> None:
+        chunks: Iterator[bytes] | None = None
+        try:
+            chunks = self.open_stream(s.start)  # a generator: the request starts on first use
+            while not s.cancelled and not self.closed and s.pos < self.size and self.missing:
+                if s.pos >= s.want + STREAM_AHEAD:
+                    s.demand = trio.Event()
+                    with trio.move_on_after(STREAM_IDLE_S):
+                        await s.demand.wait()
+                        continue
+                    break  # nobody read near it for a while
+                # Bytes between the hashed prefix and the stream, all already in the file, are
+                # hashed from the file so the streamed bytes extend the prefix hash.
+                gap = range(self.hashed // BLOCK, s.pos // BLOCK)
+                catch_up = self.hashed < s.pos and all(self.present[b] for b in gap)
+                n = await self.reader.blocking(self._stream_step, chunks, s.pos, catch_up)
+                if n == 0:
+                    raise Unreadable(f"stream ended at {s.pos} of {self.size} bytes")
+                s.pos += n
+                self._mark(s.start // BLOCK,
+                           self.blocks if s.pos >= self.size else s.pos // BLOCK)
+                s.progress.set()
+                s.progress = trio.Event()
+        except Exception as e:  # noqa: BLE001 - readers fall back to ranged GETs
+            log.warning("blob %s: stream stopped at byte %d: %s; reading by ranges",
+                        self.digest, s.pos, e)
+        finally:
+            s.cancelled = True
+            if self.stream is s:
+                self.stream = None
+            s.progress.set()
+            s.demand.set()
+            if chunks is not None:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    self.reader.nursery.start_soon(self._close_quietly, close)
+            self.busy -= 1
+            self._finish_if_idle()
+        await self._maybe_adopt()
+
+    async def _close_quietly(self, close: Callable[[], object]) -> None:
+        """Close a stream's request on a worker thread (it may wait on the socket)."""
+        try:
+            await self.reader.blocking(close)
+        except Exception as e:  # noqa: BLE001 - the connection is being dropped anyway
+            log.debug("closing the stream of blob %s: %s", self.digest, e)
+
+    def _stream_step(self, chunks: Iterator[bytes], pos: int, catch_up: bool) -> int:
+        """On a worker thread: hash the gap if asked, then move one chunk to the file."""
+        if catch_up:
+            self._hash_file_until(pos)
+        data = next(chunks, b"")
+        n = min(len(data), self.size - pos)
+        if n <= 0:
+            return 0
+        view = memoryview(data)[:n]
+        written = 0
+        while written < n:
+            written += os.pwrite(self.fd, view[written:], pos + written)
+        if pos <= self.hashed < pos + n:
+            self.hasher.update(view[self.hashed - pos:])
+            self.hashed = pos + n
+        return n
+
+    def _hash_file_until(self, end: int) -> None:
+        while self.hashed < end:
+            data = os.pread(self.fd, min(PART, end - self.hashed), self.hashed)
+            if not data:
+                raise Unreadable(f"blob file ended at {self.hashed}")
+            self.hasher.update(data)
+            self.hashed += len(data)
+
+    # -- completion --------------------------------------------------------------------------
+    async def _maybe_adopt(self) -> None:
+        if (self.missing or self.error or self.adopting or self.closed
+                or self.stream is not None):
+            return
+        self.adopting = True
+        self.busy += 1
+        try:
             await self._adopt()
+        finally:
+            self.busy -= 1
+            self._finish_if_idle()
 
     async def _adopt(self) -> None:
-        """Give the complete file to the shared cache, which verifies it against the digest."""
+        """Finish the prefix hash from the file; the blob joins the shared cache if it matches."""
 
-        def move(tmp: Path) -> None:
-            os.rename(self.file, tmp)
+        def verify_and_move() -> None:
+            self._hash_file_until(self.size)
+            actual = self.hasher.hexdigest()
+            if actual != self.digest:
+                raise Unreadable(f"its bytes hash to {actual}")
+            self.reader.registry.cache.adopt_hashed(self.digest, self.file)
 
         try:
-            await self.reader.blocking(self.reader.registry.cache.fill, self.digest, move)
+            await self.reader.blocking(verify_and_move)
             self.verified = True
         except Exception as e:  # noqa: BLE001 - reported to every reader of this blob
             self.error = f"blob does not match its digest once complete: {e}"
             log.error("blob %s: %s", self.digest, self.error)
 
-    def prefetch(self, first: int, last: int) -> None:
-        self._start(first, last)
-
+    # -- reading -----------------------------------------------------------------------------
     async def read(self, off: int, size: int) -> memoryview | bytes:
-        if self.error:
-            raise Unreadable(self.error)
         end = min(off + size, self.size)
         if end <= off:
+            if self.error:
+                raise Unreadable(self.error)
             return b""
-        for ev in self._start(off // BLOCK, (end - 1) // BLOCK):
-            await ev.wait()
-        if self.error:
-            raise Unreadable(self.error)
+        s = self.stream
+        if s is not None and s.covers(off):
+            s.ask(end)
+        while True:
+            if self.error:
+                raise Unreadable(self.error)
+            events: list[trio.Event] = []
+            fetch: list[int] = []
+            s = self.stream
+            for b in range(off // BLOCK, (end - 1) // BLOCK + 1):
+                if self.present[b]:
+                    continue
+                ev = self.pending.get(b)
+                if ev is not None:
+                    events.append(ev)
+                elif s is not None and s.covers(b * BLOCK):
+                    s.ask(end)
+                    events.append(s.progress)
+                else:
+                    fetch.append(b)
+            if not events and not fetch:
+                break
+            events += self._start(fetch)
+            for ev in dict.fromkeys(events):
+                await ev.wait()
         return await self.reader.pread(self.fd, off, end - off)
 
     def close(self) -> None:
-        os.close(self.fd)
-        if not self.verified:
-            self.file.unlink(missing_ok=True)
+        """No reader is left: stop the stream; the file goes once no task touches it."""
+        self.closed = True
+        s = self.stream
+        if s is not None:
+            s.cancelled = True
+            s.demand.set()
+        self._finish_if_idle()
+
+    def _finish_if_idle(self) -> None:
+        if self.closed and self.busy == 0 and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            if not self.verified:
+                self.file.unlink(missing_ok=True)
 
 
 class BlockHandle(Handle):
-    """An open large remote blob: detects sequential reads and widens the prefetch window."""
+    """An open large remote blob: detects a sequential reader and has a stream serve it."""
 
     def __init__(self, reader: Reader, where: str, blob: PartialBlob) -> None:
         super().__init__(reader, where)
         self.blob = blob
         self.next_off = 0
-        self.window = PREFETCH_START
+        #: Contiguous reads so far, this one included.
+        self.run = 0
 
     async def read(self, off: int, size: int) -> memoryview | bytes:
-        if off == self.next_off:
-            self.window = min(self.window * 2, PREFETCH_MAX)
-            end = off + size
-            self.blob.prefetch(end // BLOCK, (end + self.window - 1) // BLOCK)
-        else:
-            self.window = PREFETCH_START
+        self.run = self.run + 1 if off == self.next_off else 1
         self.next_off = off + size
+        # A read at offset 0 starts the stream at once: whole-file readers start there, and
+        # one GET from 0 beats a ranged GET followed by a stream (on moto each request copies
+        # the whole object, ~0.3 s for 256 MiB). A header-only reader closes the file and
+        # stops the stream after a chunk or two.
+        if self.run >= SEQUENTIAL_READS or off == 0:
+            self.blob.stream_from(off)
         return await self.blob.read(off, size)
 
     def close(self) -> None:
@@ -302,7 +499,9 @@ class Reader:
             store = self.registry.store
             blob = PartialBlob(self, digest, size,
                                lambda off, n: store.get_range(key, off, n),
-                               self.work_dir / f"{digest}.partial")
+                               lambda off: store.iter_range(key, off, STREAM_CHUNK),
+                               # unique: a closed blob's stream may still be finishing a write
+                               self.work_dir / f"{digest}.{uuid.uuid4().hex[:8]}.partial")
             self._partials[digest] = blob
         blob.users += 1
         return BlockHandle(self, where, blob)

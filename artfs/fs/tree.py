@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import trio
 
+from .. import staging
 from ..manifest import Manifest
 from ..names import ArtifactRef, check_name, parse_version
 from ..registry import Registry, Version
@@ -37,7 +38,8 @@ LISTING_TTL_S = 1.0
 READDIR_PAGE = 1000
 #: Bump when the index schema changes; old files are then rebuilt under a new name.
 INDEX_FORMAT = 1
-#: Reserved for the per-artifact staging folder (a later issue); '@' cannot occur in a name.
+#: The per-artifact staging folder; '@' cannot occur in any name, so no version or alias can
+#: take it.
 STAGING_NAME = "@staging"
 
 T = TypeVar("T")
@@ -100,6 +102,10 @@ class TTLCache:
         finally:
             del self._pending[key]
             flight.done.set()
+
+    def drop(self, key: Any) -> None:
+        """Forget a value known to be stale (this process just changed it)."""
+        self._values.pop(key, None)
 
 
 @dataclass
@@ -254,7 +260,9 @@ class Tree:
         else:
             listing = await self.artifact(*parts)
             return [f"v{n}" for n in listing.versions] + sorted(listing.aliases)
-        return [n for n in names if _is_name(n)]
+        # Entities, projects and artifacts made with `mkdir` and not committed yet.
+        pending = staging.pending_names(self.registry.url, parts)
+        return sorted({n for n in names if _is_name(n)} | set(pending))
 
     async def resolve_label(self, entity: str, project: str, name: str, label: str) -> int | None:
         """The version `label` (vN or an alias) names right now, or None."""
@@ -274,6 +282,12 @@ class Tree:
         """The version with its current description, metadata and aliases (short TTL)."""
         ref = ArtifactRef(view.entity, view.project, view.name, f"v{view.version}")
         return await self._details.get(ref, lambda: self.blocking(self.registry.version, ref))
+
+    def forget_artifact(self, entity: str, project: str, name: str) -> None:
+        """After a commit by this mount: list its versions, aliases and names afresh."""
+        for key in (("e",), ("p", entity), ("a", entity, project),
+                    ("v", entity, project, name)):
+            self._listings.drop(key)
 
     # -- inside a version --------------------------------------------------------------------
     async def index(self, view: View) -> VersionIndex:

@@ -1,0 +1,166 @@
+"""Issue 3: logging and downloading against S3 (a moto server started here) vs plain boto3.
+
+Baselines, measured in the same run against the same server:
+- one big file: boto3 `upload_file` / `download_file` with default settings, and a single-stream
+  `get_object` read (moto serves each ranged GET in ~230 ms, so chunked downloads suffer there);
+- many small files: a boto3 loop of put_object / get_object on a ThreadPoolExecutor of
+  `artfs.registry.TRANSFER_WORKERS` threads, the same parallelism artfs uses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+import sdk
+from artfs.registry import TRANSFER_WORKERS, Registry
+from tests.servers import S3_UNSET_ENV, s3_client_env, start_moto, stop_server
+
+from .common import Row, make_big_file, make_small_files, median_time, remove, workdir
+
+MiB = 1024**2
+GIB = 1024**3
+
+
+def _log(url: str, cache: Path, name: str, add) -> sdk.Artifact:
+    reg = Registry(url, cache_dir=cache)
+    with sdk.init(job_type="bench", project="bench", entity="bench", registry=reg) as run:
+        art = sdk.Artifact(name, type="dataset")
+        add(art)
+        run.log_artifact(art)
+    return art
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def run(quick: bool) -> list[Row]:
+    rows: list[Row] = []
+    runs = 3 if quick else 5
+    big_size = 256 * MiB if quick else GIB
+    n_small = 2_000 if quick else 10_000
+    saved = {k: os.environ.get(k) for k in (*S3_UNSET_ENV, "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "AWS_EC2_METADATA_DISABLED")}
+    with workdir("s3") as w:
+        proc, endpoint = start_moto(w / "moto.log")
+        try:
+            for k in S3_UNSET_ENV:
+                os.environ.pop(k, None)
+            os.environ.update(s3_client_env(endpoint))
+            rows += _measure(w, runs, big_size, n_small)
+        finally:
+            stop_server(proc)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return rows
+
+
+def _measure(w: Path, runs: int, big_size: int, n_small: int) -> list[Row]:
+    rows: list[Row] = []
+    client = boto3.session.Session().client(
+        "s3", config=Config(max_pool_connections=max(10, TRANSFER_WORKERS))
+    )
+    big = make_big_file(w / "big.bin", big_size)
+    small = make_small_files(w / "small", n_small, 4096)
+    small_files = _files(small)
+    cache = w / "cache"
+    label = f"{big_size // MiB} MiB"
+
+    def fresh_bucket() -> str:
+        bucket = f"bench-{uuid.uuid4().hex[:12]}"
+        client.create_bucket(Bucket=bucket)
+        return bucket
+
+    buckets: list[str] = []
+
+    def new_registry() -> None:
+        remove(cache, w / "dl")
+        buckets.append(fresh_bucket())
+
+    def url() -> str:
+        return f"s3://{buckets[-1]}/reg"
+
+    # -- one big file ----------------------------------------------------------------------
+    ours = median_time(lambda: _log(url(), cache, "big", lambda a: a.add_file(big)), runs,
+                       new_registry)
+    base = median_time(lambda: client.upload_file(str(big), buckets[-1], "big.bin"), runs,
+                       new_registry)
+    rows.append(Row(f"S3 log_artifact 1 file of {label}", ours, "boto3 upload_file", base,
+                    "<= 1.2"))
+
+    new_registry()
+    big_art = _log(url(), cache, "big", lambda a: a.add_file(big))
+    client.upload_file(str(big), buckets[-1], "big.bin")
+    bucket = buckets[-1]
+
+    def clear_dl() -> None:
+        # Empty the cache without removing its folder: the open registry keeps using it.
+        remove(cache / "blobs", cache / "tmp", w / "dl", w / "copy")
+        (cache / "blobs").mkdir()
+        (cache / "tmp").mkdir()
+
+    ours = median_time(lambda: big_art.download(w / "dl"), runs, clear_dl)
+    base = median_time(lambda: client.download_file(bucket, "big.bin", str(w / "copy")), runs,
+                       clear_dl)
+
+    def single_get() -> None:
+        body = client.get_object(Bucket=bucket, Key="big.bin")["Body"]
+        with open(w / "copy", "wb") as f:
+            shutil.copyfileobj(body, f, 8 * MiB)
+
+    single = median_time(single_get, runs, clear_dl)
+    rows.append(Row(f"S3 download() 1 file of {label}", ours, "boto3 download_file", base,
+                    "<= 1.2"))
+    rows.append(Row(f"S3 download() 1 file of {label}", ours, "single get_object stream",
+                    single, "<= 1.2"))
+
+    # -- many small files ------------------------------------------------------------------
+    def boto_put_all() -> None:
+        bucket = buckets[-1]
+
+        def put(p: Path) -> None:
+            client.put_object(Bucket=bucket, Key=p.relative_to(small).as_posix(),
+                              Body=p.read_bytes())
+
+        with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
+            list(pool.map(put, small_files))
+
+    ours = median_time(lambda: _log(url(), cache, "small", lambda a: a.add_dir(str(small))),
+                       runs, new_registry)
+    base = median_time(boto_put_all, runs, new_registry)
+    rows.append(Row(f"S3 log_artifact {n_small} x 4 KiB", ours,
+                    f"boto3 put_object x{TRANSFER_WORKERS} threads", base, "<= 1.0"))
+
+    new_registry()
+    small_art = _log(url(), cache, "small", lambda a: a.add_dir(str(small)))
+    boto_put_all()
+    bucket = buckets[-1]
+    keys = [p.relative_to(small).as_posix() for p in small_files]
+
+    def boto_get_all() -> None:
+        dest = w / "copy"
+
+        def get(key: str) -> None:
+            target = dest / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+        with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
+            list(pool.map(get, keys))
+
+    ours = median_time(lambda: small_art.download(w / "dl"), runs, clear_dl)
+    base = median_time(boto_get_all, runs, clear_dl)
+    rows.append(Row(f"S3 download() {n_small} x 4 KiB", ours,
+                    f"boto3 get_object x{TRANSFER_WORKERS} threads", base, "<= 1.0"))
+    return rows

@@ -1,0 +1,215 @@
+"""Staging areas without a mount: the tree, diff, discard, commit and what a crash leaves."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from artfs import staging
+from artfs.errors import StoreError
+from artfs.names import ArtifactRef
+from artfs.registry import Registry, Source
+from artfs.staging import ROOT, Staging, StagingError
+
+E, P = "tester", "uncategorized"
+FILES = {"model.h5": b"weights" * 100, "images/cat.png": b"cat", "images/dog.png": b"dog"}
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Iterator[Registry]:
+    r = Registry(str(tmp_path / "registry"))
+    yield r
+    r.close()
+
+
+def _log(reg: Registry, name: str, files: dict[str, bytes], tmp: Path) -> None:
+    src = tmp / f"src-{name}"
+    sources = []
+    for path, data in files.items():
+        f = src / path
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(data)
+        sources.append(Source(path, f))
+    reg.log_version(E, P, name, "model", sources)
+
+
+def _write(area: Staging, parent: int, name: str, data: bytes) -> int:
+    node = area.create_file(parent, name)
+    area.file(node.id).write_bytes(data)
+    area.set_digest(node.id, None, len(data))
+    return node.id
+
+
+def _contents(reg: Registry, name: str, version: str = "latest") -> dict[str, bytes]:
+    v = reg.version(ArtifactRef(E, P, name, version))
+    return {p: reg.blob_file(E, e.digest).read_bytes()
+            for p, e in reg.manifest(v).items() if e.digest}
+
+
+def test_area_starts_as_latest_version_without_copying_bytes(reg, tmp_path) -> None:
+    _log(reg, "m", FILES, tmp_path)
+    area = staging.open_area(reg, E, P, "m")
+    assert sorted(area.tree()) == sorted(FILES)
+    assert all(n.kind == "base" for n in area.tree().values())
+    assert list(area.files.iterdir()) == []
+    assert area.base_version == 0 and not area.diff()
+
+
+def test_rename_of_a_folder_moves_its_subtree_in_one_step(reg, tmp_path) -> None:
+    _log(reg, "m", FILES, tmp_path)
+    area = staging.open_area(reg, E, P, "m")
+    images = area.child(ROOT, "images")
+    assert images is not None
+    area.mkdir(ROOT, "data")
+    data = area.child(ROOT, "data")
+    area.rename(ROOT, "images", data.id, "pics")
+    assert sorted(area.tree()) == ["data/pics/cat.png", "data/pics/dog.png", "model.h5"]
+    assert area.child(data.id, "pics").id == images.id  # same node: open files and inodes stay
+
+
+def test_tree_operations_fail_like_posix(reg, tmp_path) -> None:
+    _log(reg, "m", FILES, tmp_path)
+    area = staging.open_area(reg, E, P, "m")
+    images = area.child(ROOT, "images").id
+    cases = [
+        (lambda: area.rmdir(ROOT, "images"), errno.ENOTEMPTY),
+        (lambda: area.create_file(ROOT, "model.h5"), errno.EEXIST),
+        (lambda: area.rename(ROOT, "images", images, "x"), errno.EINVAL),
+        (lambda: area.rename(ROOT, "model.h5", ROOT, "images"), errno.EISDIR),
+        (lambda: area.rename(images, "cat.png", images, "dog.png", replace=False),
+         errno.EEXIST),
+        (lambda: area.unlink(ROOT, "images"), errno.EISDIR),
+        (lambda: area.unlink(ROOT, "nope"), errno.ENOENT),
+    ]
+    for fn, code in cases:
+        with pytest.raises(OSError) as info:
+            fn()
+        assert info.value.errno == code
+
+
+def test_diff_names_added_changed_and_removed_files(reg, tmp_path) -> None:
+    _log(reg, "m", FILES, tmp_path)
+    area = staging.open_area(reg, E, P, "m")
+    _write(area, ROOT, "new.txt", b"new")
+    area.unlink(area.child(ROOT, "images").id, "cat.png")
+    node = area.child(ROOT, "model.h5")
+    tmp = area.copy_tmp(node)
+    tmp.write_bytes(b"other weights")
+    area.finish_copy_up(node, tmp)
+    changes = area.diff()
+    assert (changes.added, changes.changed, changes.removed) == (
+        ["new.txt"], ["model.h5"], ["images/cat.png"])
+
+
+def test_copy_up_of_identical_bytes_is_no_change(reg, tmp_path) -> None:
+    _log(reg, "m", FILES, tmp_path)
+    area = staging.open_area(reg, E, P, "m")
+    node = area.child(ROOT, "model.h5")
+    tmp = area.copy_tmp(node)
+    tmp.write_bytes(FILES["model.h5"])
+    area.finish_copy_up(node, tmp)
+    assert not area.diff()
+
+
+def test_commit_makes_one_version_then_none_when_unchanged(reg, tmp_path) -> None:
+    _log(reg, "m", FILES, tmp_path)
+    area = staging.open_area(reg, E, P, "m")
+    _write(area, ROOT, "new.txt", b"new")
+    done = staging.commit(reg, area, aliases=["best"])
+    assert done.created and done.version.label == "v1"
+    assert _contents(reg, "m", "best") == {**FILES, "new.txt": b"new"}
+    assert list(area.files.iterdir()) == []  # rebased: every file is the version's now
+    assert area.base_version == 1 and not area.diff()
+    again = staging.commit(reg, area)
+    assert not again.created and "nothing to commit" in again.message
+    assert reg.versions(E, P, "m") == [0, 1]
+    runs = list(reg.runs(E, P))
+    assert [r.job_type for r in runs] == ["commit"] and runs[0].outputs == ["tester/"
+                                                                          "uncategorized/m:v1"]
+
+
+def test_commit_stores_a_file_hashed_while_written_without_reading_it(reg, tmp_path) -> None:
+    area = staging.open_area(reg, E, P, "fresh")
+    data = os.urandom(100_000)
+    node = area.create_file(ROOT, "blob.bin")
+    area.file(node.id).write_bytes(data)
+    # A deliberately false digest proves the bytes were not read again: the registry holds
+    # them under the digest taken at write time.
+    fake = hashlib.sha256(b"what the writer hashed").hexdigest()
+    area.set_digest(node.id, fake, len(data))
+    staging.commit(reg, area, type_="dataset")
+    assert reg.manifest(reg.version(ArtifactRef(E, P, "fresh", "v0")))["blob.bin"].digest == fake
+
+
+def test_new_artifact_needs_a_type(reg) -> None:
+    area = staging.open_area(reg, E, P, "fresh")
+    _write(area, ROOT, "a.txt", b"a")
+    with pytest.raises(StagingError, match="--type"):
+        staging.commit(reg, area)
+    assert staging.commit(reg, area, type_="dataset").version.label == "v0"
+
+
+def test_store_failure_leaves_no_version_and_the_staged_files(reg, tmp_path, monkeypatch) -> None:
+    _log(reg, "m", FILES, tmp_path)
+    area = staging.open_area(reg, E, P, "m")
+    _write(area, ROOT, "slow.txt", b"unknown digest")  # hashed by log_version
+    fast = area.create_file(ROOT, "fast.txt")
+    area.file(fast.id).write_bytes(b"fast")
+    area.set_digest(fast.id, hashlib.sha256(b"fast").hexdigest(), 4)
+    real = reg.store.put_if_absent
+
+    def failing(key: str, data: bytes) -> bool:
+        if "/versions/" in key:
+            raise StoreError(f"injected failure writing {key}")
+        return real(key, data)
+
+    monkeypatch.setattr(reg.store, "put_if_absent", failing)
+    with pytest.raises(StoreError):
+        staging.commit(reg, area)
+    assert reg.versions(E, P, "m") == [0]
+    reopened = Staging(reg.url, E, P, "m")
+    tree = reopened.tree()
+    assert sorted(tree) == sorted([*FILES, "slow.txt", "fast.txt"])
+    fast_node = tree["fast.txt"]  # moved into the registry: now a base file of that blob
+    assert reg.blob_file(E, fast_node.digest).read_bytes() == b"fast"
+    assert reopened.file(tree["slow.txt"].id).read_bytes() == b"unknown digest"
+    monkeypatch.undo()
+    assert staging.commit(reg, reopened).created
+    assert _contents(reg, "m")["fast.txt"] == b"fast"
+
+
+def test_crash_after_moving_bytes_into_the_registry_is_repaired(reg) -> None:
+    area = staging.open_area(reg, E, P, "fresh")
+    node = area.create_file(ROOT, "a.bin")
+    area.file(node.id).write_bytes(b"abc")
+    digest = hashlib.sha256(b"abc").hexdigest()
+    area.set_digest(node.id, digest, 3)
+    reg.put_blob_files(E, [(digest, area.file(node.id))], move=True)  # then the process died
+    area.close()
+    repaired = Staging(reg.url, E, P, "fresh")
+    n = repaired.tree()["a.bin"]
+    assert (n.kind, n.digest, n.size) == ("base", digest, 3)
+
+
+def test_discard_and_empty(reg, tmp_path) -> None:
+    _log(reg, "m", FILES, tmp_path)
+    area = staging.open_area(reg, E, P, "m")
+    _write(area, ROOT, "new.txt", b"new")
+    staging.discard(reg, area)
+    assert sorted(area.tree()) == sorted(FILES) and list(area.files.iterdir()) == []
+    staging.discard(reg, area, empty=True)
+    assert area.tree() == {}
+    assert sorted(area.diff().removed) == sorted(FILES)
+
+
+def test_clean_area_follows_a_version_committed_elsewhere(reg, tmp_path) -> None:
+    _log(reg, "m", FILES, tmp_path)
+    staging.open_area(reg, E, P, "m").close()
+    _log(reg, "m", {"only.txt": b"only"}, tmp_path / "b")
+    area = staging.open_area(reg, E, P, "m")
+    assert sorted(area.tree()) == ["only.txt"] and area.base_version == 1

@@ -1,0 +1,348 @@
+"""Writing through a real mount: `@staging` with real tools, commit, crash and concurrency."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import sdk
+from artfs.names import ArtifactRef
+from artfs.registry import Registry
+from tests.mount_fixtures import ENTITY, PROJECT, Mount, artfs
+
+local_only = pytest.mark.parametrize("registry_url", ["local"], indirect=True)
+
+FILES = {"model.h5": b"weights" * 1000, "images/cat.png": b"cat" * 500, "images/dog.png": b"dog"}
+
+
+def tree_of(root: Path) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath) / n
+            out[p.relative_to(root).as_posix()] = p.read_bytes()
+    return out
+
+
+def staging_of(m: Mount, name: str) -> Path:
+    return m.artifact(name) / "@staging"
+
+
+def sdk_files(name: str, version: str) -> dict[str, bytes]:
+    art = sdk.Api().artifact(f"{ENTITY}/{PROJECT}/{name}:{version}")
+    return tree_of(Path(art.download()))
+
+
+def test_cp_into_staging_and_commit_reads_back_byte_for_byte(registry_url, log_files, mount,
+                                                             tmp_path: Path) -> None:
+    """The issue's example, on every store kind: cp, commit with an alias, read back."""
+    log_files("bike-model", FILES)
+    m = mount()
+    stage = staging_of(m, "bike-model")
+    assert tree_of(stage) == FILES  # starts as the latest version
+    big = os.urandom(5 * 1024 * 1024 + 3)
+    (tmp_path / "best.h5").write_bytes(big)
+    subprocess.run(["cp", tmp_path / "best.h5", stage / "model.h5"], check=True)
+    out = artfs("commit", str(m.artifact("bike-model")), "--alias", "best-ap50").stdout
+    assert "committed tester/uncategorized/bike-model:v1" in out
+    want = {**FILES, "model.h5": big}
+    assert tree_of(m.artifact("bike-model") / "best-ap50") == want
+    assert tree_of(stage) == want  # staging now shows the new version
+    assert sdk_files("bike-model", "best-ap50") == want
+
+
+@local_only
+def test_real_tools_match_a_shadow_copy_on_local_disk(registry_url, log_files, mount,
+                                                      tmp_path: Path) -> None:
+    log_files("ds", FILES)
+    m = mount()
+    stage = staging_of(m, "ds")
+    shadow = tmp_path / "shadow"
+    shutil.copytree(m.artifact("ds") / "latest", shadow)
+    src = tmp_path / "src"
+    for i in range(30):
+        f = src / f"d{i % 3}" / f"sub{i % 2}" / f"f{i}.bin"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(os.urandom(random.Random(i).randint(0, 70_000)))
+    with tarfile.open(tmp_path / "a.tar", "w") as tar:
+        tar.add(src, arcname="tarred")
+
+    def both(*cmd: str) -> None:
+        for root in (stage, shadow):
+            subprocess.run([c.replace("{}", str(root)) for c in cmd], check=True,
+                           capture_output=True)
+        assert tree_of(stage) == tree_of(shadow), cmd
+
+    both("cp", "-r", str(src), "{}/copied")
+    both("rsync", "-a", f"{src}/", "{}/synced")
+    both("tar", "-x", "-f", str(tmp_path / "a.tar"), "-C", "{}")
+    both("mv", "{}/copied/d0", "{}/moved")
+    both("mv", "{}/images/cat.png", "{}/moved/cat.png")
+    both("rm", "-r", "{}/synced/d1")
+    both("truncate", "-s", "1234", "{}/model.h5")
+    both("truncate", "-s", "100000", "{}/images/dog.png")
+    patch = tmp_path / "patch"
+    patch.write_bytes(os.urandom(10_000))
+    both("dd", f"if={patch}", "of={}/tarred/d1/sub1/f1.bin", "bs=1000", "seek=3",
+         "conv=notrunc", "status=none")
+    both("sh", "-c", "printf appended >> {}/moved/cat.png")
+    mtimes = {p: (shadow / p).stat().st_mtime_ns for p in ("synced/d0/sub0/f0.bin",)}
+    assert (stage / "synced/d0/sub0/f0.bin").stat().st_mtime_ns == mtimes[
+        "synced/d0/sub0/f0.bin"]  # rsync -a kept the mtime
+    changed = artfs("diff", str(stage)).stdout
+    assert "A moved/cat.png" in changed and "D images/cat.png" in changed
+    artfs("commit", str(stage))
+    assert tree_of(m.artifact("ds") / "v1") == tree_of(shadow)
+    assert sdk_files("ds", "v1") == tree_of(shadow)
+
+
+@local_only
+def test_random_writes_match_a_shadow_copy(registry_url, log_files, mount,
+                                           tmp_path: Path) -> None:
+    """2,000 seeded random writes, truncations, renames and unlinks on both trees."""
+    log_files("rnd", {f"f{i}": os.urandom(3000 * i) for i in range(4)})
+    m = mount()
+    stage = staging_of(m, "rnd")
+    shadow = tmp_path / "shadow"
+    shutil.copytree(m.artifact("rnd") / "latest", shadow)
+    rng = random.Random(6)
+    names = [f"f{i}" for i in range(8)]
+    for step in range(2000):
+        op = rng.choice(["write", "write", "write", "truncate", "rename", "unlink", "append"])
+        name, other = rng.choice(names), rng.choice(names)
+        data = rng.randbytes(rng.randint(0, 20_000))
+        off, size = rng.randint(0, 40_000), rng.randint(0, 50_000)
+        for root in (stage, shadow):
+            path = root / name
+            if op in ("write", "append"):
+                flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if op == "append" else 0)
+                fd = os.open(path, flags)
+                try:
+                    if op == "append":
+                        os.write(fd, data)
+                    else:
+                        os.pwrite(fd, data, off)
+                finally:
+                    os.close(fd)
+            elif op == "truncate" and path.exists():
+                os.truncate(path, size)
+            elif op == "rename" and path.exists():
+                os.rename(path, root / other)
+            elif op == "unlink" and path.exists():
+                path.unlink()
+        if step % 250 == 0:
+            assert tree_of(stage) == tree_of(shadow), step
+            for n in os.listdir(shadow):
+                assert (stage / n).stat().st_size == (shadow / n).stat().st_size
+    assert tree_of(stage) == tree_of(shadow)
+    artfs("commit", str(stage))
+    assert tree_of(m.artifact("rnd") / "latest") == tree_of(shadow)
+
+
+@local_only
+def test_sizes_and_mtimes_are_right_while_a_file_is_open(registry_url, log_files, mount) -> None:
+    log_files("open", FILES)
+    m = mount()
+    path = staging_of(m, "open") / "growing.bin"
+    with open(path, "wb") as f:
+        for i in range(1, 4):
+            f.write(b"x" * 1000)
+            f.flush()
+            st = os.stat(path)
+            assert st.st_size == 1000 * i
+            assert abs(st.st_mtime_ns - time.time_ns()) < 5e9
+        os.fsync(f.fileno())
+        assert os.fstat(f.fileno()).st_size == 3000
+
+
+@local_only
+def test_commit_refuses_files_open_for_writing_naming_them(registry_url, log_files,
+                                                           mount) -> None:
+    log_files("busy", FILES)
+    m = mount()
+    with open(staging_of(m, "busy") / "half.bin", "wb") as f:
+        f.write(b"half")
+        r = artfs("commit", str(m.artifact("busy")), check=False)
+        assert r.returncode == 1 and "half.bin" in r.stderr and "--wait" in r.stderr
+    assert "committed" in artfs("commit", str(m.artifact("busy"))).stdout
+
+
+@local_only
+def test_commit_waits_for_writers_with_wait(registry_url, log_files, mount) -> None:
+    log_files("wait", FILES)
+    m = mount()
+    f = open(staging_of(m, "wait") / "late.bin", "wb")  # noqa: SIM115 - closed by a timer
+    f.write(b"late")
+    threading.Timer(1.0, f.close).start()
+    artfs("commit", str(m.artifact("wait")), "--wait", "20")
+    assert (m.artifact("wait") / "v1" / "late.bin").read_bytes() == b"late"
+
+
+@local_only
+def test_staged_files_survive_a_remount(registry_url, log_files, mount) -> None:
+    log_files("keep", FILES)
+    m = mount()
+    (staging_of(m, "keep") / "new.txt").write_bytes(b"new")
+    (staging_of(m, "keep") / "model.h5").unlink()
+    subprocess.run(["fusermount3", "-u", str(m.root)], check=True)
+    assert m.wait_gone()
+    m2 = mount()
+    want = {**FILES, "new.txt": b"new"}
+    del want["model.h5"]
+    assert tree_of(staging_of(m2, "keep")) == want
+    assert "A new.txt" in artfs("diff", str(m2.artifact("keep"))).stdout
+
+
+@local_only
+def test_discard_and_stage_empty(registry_url, log_files, mount) -> None:
+    log_files("disc", FILES)
+    m = mount()
+    stage = staging_of(m, "disc")
+    (stage / "new.txt").write_bytes(b"new")
+    artfs("discard", str(stage))
+    assert tree_of(stage) == FILES
+    artfs("stage", "--empty", str(stage))
+    assert os.listdir(stage) == []
+    (stage / "only.txt").write_bytes(b"only")
+    artfs("commit", str(stage))
+    assert tree_of(m.artifact("disc") / "latest") == {"only.txt": b"only"}
+
+
+@local_only
+def test_mkdir_creates_a_new_artifact_that_needs_a_type(registry, mount) -> None:
+    m = mount()
+    new = m.root / "acme" / "bikes" / "bike-model"
+    new.mkdir(parents=True)
+    (new / "@staging" / "model.h5").write_bytes(b"m")
+    r = artfs("commit", str(new), check=False)
+    assert r.returncode == 1 and "--type" in r.stderr
+    artfs("commit", str(new), "--type", "model", "--alias", "best-ap50")
+    assert (new / "best-ap50" / "model.h5").read_bytes() == b"m"
+    assert registry.version(ArtifactRef("acme", "bikes", "bike-model", "v0")).type == "model"
+
+
+@local_only
+def test_symlinks_are_refused_and_versions_stay_read_only(registry_url, log_files,
+                                                          mount) -> None:
+    log_files("ro", FILES)
+    m = mount()
+    with pytest.raises(OSError) as info:
+        os.symlink("model.h5", staging_of(m, "ro") / "link")
+    assert info.value.errno == errno.EPERM
+    with pytest.raises(OSError) as info:
+        (m.artifact("ro") / "v0" / "new").write_bytes(b"x")
+    assert info.value.errno == errno.EROFS
+
+
+@local_only
+def test_kill_9_during_commit_leaves_staged_files_and_no_half_version(
+        registry_url, log_files, mount, tmp_path: Path) -> None:
+    log_files("crash", FILES)
+    m = mount()
+    stage = staging_of(m, "crash")
+    data = os.urandom(256 * 1024 * 1024)
+    with open(stage / "big.bin", "wb") as f:  # written backwards: hashed by the commit
+        for off in range(len(data) - (1 << 20), -1, -(1 << 20)):
+            f.seek(off)
+            f.write(data[off:off + (1 << 20)])
+    proc = subprocess.Popen([sys.executable, "-m", "artfs.cli", "commit", str(stage)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while "committing the staging folder" not in m.log_text():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    time.sleep(0.1)  # into the commit: hashing and storing 256 MiB takes longer
+    os.kill(m.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert m.wait_gone()
+    m.force_unmount()
+    reg = Registry(registry_url)
+    versions = reg.versions(ENTITY, PROJECT, "crash")
+    if versions == [0, 1]:  # the commit won the race: the version is complete
+        v1 = reg.version(ArtifactRef(ENTITY, PROJECT, "crash", "v1"))
+        assert reg.blob_file(ENTITY, reg.manifest(v1)["big.bin"].digest).read_bytes() == data
+    else:
+        assert versions == [0] and "mount again" in err
+    reg.close()
+    m2 = mount(name="mnt2")
+    assert (staging_of(m2, "crash") / "big.bin").read_bytes() == data
+
+
+@local_only
+def test_two_mounts_committing_at_once_make_two_versions(
+        registry_url, log_files, mount, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    log_files("race", FILES)
+    m1 = mount(name="one")
+    monkeypatch.setenv("ARTFS_STATE_DIR", str(tmp_path / "state-two"))  # another machine
+    m2 = mount(name="two")
+    (staging_of(m1, "race") / "one.txt").write_bytes(b"one")
+    (staging_of(m2, "race") / "two.txt").write_bytes(b"two")
+    results: list[str] = []
+
+    def commit(m: Mount) -> None:
+        results.append(artfs("commit", str(m.artifact("race"))).stdout)
+
+    threads = [threading.Thread(target=commit, args=(m,)) for m in (m1, m2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.split()[1] for r in results) == ["tester/uncategorized/race:v1",
+                                                     "tester/uncategorized/race:v2"]
+
+
+def test_sdk_commits_a_folder_without_a_mount(registry_url, tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    for path, data in FILES.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(data)
+    with sdk.init(job_type="commit") as run:
+        run.log_artifact(sdk.Artifact.from_dir(folder, "scripted", type="dataset"))
+    assert sdk_files("scripted", "v0") == FILES
+
+
+
+@local_only
+def test_a_second_mount_with_the_same_state_serves_staging_read_only(registry_url, log_files,
+                                                                      mount) -> None:
+    log_files("shared", FILES)
+    m1 = mount(name="one")
+    m2 = mount(name="two")
+    (staging_of(m1, "shared") / "a.txt").write_bytes(b"a")
+    assert (staging_of(m2, "shared") / "a.txt").read_bytes() == b"a"
+    with pytest.raises(OSError) as info:
+        (staging_of(m2, "shared") / "b.txt").write_bytes(b"b")
+    assert info.value.errno == errno.EROFS
+    r = artfs("commit", str(m2.artifact("shared")), check=False)
+    assert r.returncode == 1 and f"pid {m1.pid}" in r.stderr
+
+
+@local_only
+def test_files_written_in_order_are_hashed_while_written(registry_url, log_files, mount,
+                                                         tmp_path: Path) -> None:
+    log_files("hashed", FILES)
+    m = mount()
+    stage = staging_of(m, "hashed")
+    data = os.urandom(3 * 1024 * 1024 + 5)  # large writes: hashed beside the writes
+    (tmp_path / "in-order.bin").write_bytes(data)
+    subprocess.run(["cp", tmp_path / "in-order.bin", stage], check=True)
+    digest = os.getxattr(stage / "in-order.bin", "user.artfs.digest").decode()
+    assert digest == hashlib.sha256(data).hexdigest()
+    with open(stage / "model.h5", "r+b") as f:  # copied up, then written out of order
+        f.seek(10)
+        f.write(b"patched")
+    with pytest.raises(OSError):
+        os.getxattr(stage / "model.h5", "user.artfs.digest")
