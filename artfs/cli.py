@@ -71,17 +71,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     info = {
         "registry": reg.url,
         "artifact": f"{v.entity}/{v.project}/{v.name}",
-        "type": v.type,
         "version": v.label,
-        "aliases": v.aliases,
-        "digest": v.digest,
-        "size": v.size,
-        "file_count": v.file_count,
-        "created_at": v.created_at,
-        "description": v.description,
-        "metadata": v.metadata,
+        **v.facts(),
         "versions": [f"v{n}" for n in reg.versions(v.entity, v.project, v.name)],
-        "logged_by": v.logged_by,
         "used_by": [f"{r.entity}/{r.project}/{r.id}" for r in reg.used_by(v)],
         "files": [
             {"path": e.path, "size": e.size, "digest": e.digest, "ref": e.ref}

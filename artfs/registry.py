@@ -117,6 +117,20 @@ class Version:
     def qualified(self) -> str:
         return f"{self.entity}/{self.project}/{self.name}:v{self.version}"
 
+    def facts(self) -> dict[str, Any]:
+        """What `artfs info` and the mount's extended attributes publish about a version."""
+        return {
+            "type": self.type,
+            "digest": self.digest,
+            "size": self.size,
+            "file_count": self.file_count,
+            "created_at": self.created_at,
+            "description": self.description,
+            "metadata": self.metadata,
+            "aliases": self.aliases,
+            "logged_by": self.logged_by,
+        }
+
 
 @dataclass
 class RunRecord:

@@ -26,7 +26,7 @@ import trio
 from .. import config, staging
 from ..errors import ArtifactNotFound
 from ..names import check_name, parse_version
-from ..registry import Registry, Version
+from ..registry import Registry
 from .inodes import VIEW_ROOT_ROW, InodeTable, Namespace, StagingArea, View
 from .reader import Handle, Reader, Unreadable
 from .staged import FileHandle, StagedFS
@@ -418,7 +418,7 @@ class Operations(pyfuse3.Operations):
         if view.alias:
             out["alias"] = view.alias
         if row_id == VIEW_ROOT_ROW:
-            out.update(_version_facts(await self._guard(self.tree.details(view))))
+            out.update((await self._guard(self.tree.details(view))).facts())
             return out
         row = await self._row(view, row_id)
         out["path"] = row.path
@@ -579,20 +579,6 @@ class Operations(pyfuse3.Operations):
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise _erofs()
-
-
-def _version_facts(v: Version) -> dict[str, Any]:
-    return {
-        "type": v.type,
-        "digest": v.digest,
-        "size": v.size,
-        "file_count": v.file_count,
-        "created_at": v.created_at,
-        "description": v.description,
-        "metadata": v.metadata,
-        "aliases": v.aliases,
-        "logged_by": v.logged_by,
-    }
 
 
 def _xattr_value(value: Any) -> bytes:
