@@ -29,10 +29,14 @@ def main() -> int:
     for name in sorted(names):
         print(f"== {name}", file=sys.stderr, flush=True)
         try:
-            rows.extend(importlib.import_module(f"bench.{name}").run(args.quick))
+            module_rows = importlib.import_module(f"bench.{name}").run(args.quick)
+            print_table(module_rows)
+            sys.stdout.flush()
+            rows.extend(module_rows)
         except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others
             traceback.print_exc()
             failed.append(name)
+    print("\n== all")
     print_table(rows)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
