@@ -55,7 +55,7 @@ from .hashing import HashCache, copy_and_hash, hash_bytes, hash_file, read_small
 from .manifest import Entry, Manifest, is_sha256
 from .names import LATEST, ArtifactRef, check_alias, check_name
 from .store import Store, open_store
-from .store.local import LocalStore, _pid_alive
+from .store.local import LocalStore, pid_alive
 
 MARKER_KEY = "registry.json"
 MARKER = {"format": "artfs-registry", "version": 1}
@@ -784,7 +784,7 @@ class Registry:
         if (doc.get("host"), doc.get("pid")) == (socket.gethostname(), os.getpid()):
             return doc.get("claim") not in _HELD_CLAIMS
         if doc.get("host") == socket.gethostname() and isinstance(doc.get("pid"), int):
-            if not _pid_alive(doc["pid"]):
+            if not pid_alive(doc["pid"]):
                 return True
         return time.time() - float(doc.get("at", 0)) > CLAIM_TTL_S
 

@@ -21,6 +21,15 @@ ENTITY = "tester"
 PROJECT = "uncategorized"
 
 
+def tree_of(root: Path) -> dict[str, bytes]:
+    """Every file below `root` by relative path: what ordinary tools see, compared whole."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath) / n
+            out[p.relative_to(root).as_posix()] = p.read_bytes()
+    return out
+
 def artfs(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run the `artfs` command line in a subprocess, as a user would."""
     result = subprocess.run([sys.executable, "-m", "artfs.cli", *args], capture_output=True,

@@ -18,6 +18,7 @@ import pytest
 import sdk
 from artfs.names import ArtifactRef
 from artfs.registry import Registry
+from tests.mount_fixtures import tree_of
 
 #: Tests of behaviour that does not depend on the store kind run on a local registry only.
 local_only = pytest.mark.parametrize("registry_url", ["local"], indirect=True)
@@ -28,15 +29,6 @@ FILES = {
     "images/dog.png": b"dog" * 7000,
     "deep/a/b/c.txt": b"deep\n",
 }
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            p = Path(dirpath) / n
-            out[p.relative_to(root).as_posix()] = p.read_bytes()
-    return out
 
 
 def test_layout_entity_project_name_version_and_aliases(log_files, mount) -> None:
@@ -59,9 +51,9 @@ def test_cat_cp_rsync_find_du_see_the_version(log_files, mount, tmp_path: Path) 
     assert cat.stdout == FILES["images/cat.png"]
 
     subprocess.run(["cp", "-r", latest, tmp_path / "cp"], check=True)
-    assert _tree(tmp_path / "cp") == FILES
+    assert tree_of(tmp_path / "cp") == FILES
     subprocess.run(["rsync", "-a", f"{latest}/", tmp_path / "rsync"], check=True)
-    assert _tree(tmp_path / "rsync") == FILES
+    assert tree_of(tmp_path / "rsync") == FILES
     assert filecmp.cmp(tmp_path / "rsync" / "model.h5", latest / "model.h5", shallow=False)
 
     found = subprocess.run(["find", latest, "-type", "f"], capture_output=True, text=True,
@@ -145,7 +137,7 @@ def test_writes_to_versions_and_aliases_fail_with_erofs(log_files, mount) -> Non
             with pytest.raises(OSError) as e:
                 attempt()
             assert e.value.errno == errno.EROFS, (view, what)
-    assert _tree(m.artifact("ds") / "v0") == FILES
+    assert tree_of(m.artifact("ds") / "v0") == FILES
 
 
 @local_only

@@ -20,20 +20,11 @@ import pytest
 import sdk
 from artfs.names import ArtifactRef
 from artfs.registry import Registry
-from tests.mount_fixtures import ENTITY, PROJECT, Mount, artfs
+from tests.mount_fixtures import ENTITY, PROJECT, Mount, artfs, tree_of
 
 local_only = pytest.mark.parametrize("registry_url", ["local"], indirect=True)
 
 FILES = {"model.h5": b"weights" * 1000, "images/cat.png": b"cat" * 500, "images/dog.png": b"dog"}
-
-
-def tree_of(root: Path) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            p = Path(dirpath) / n
-            out[p.relative_to(root).as_posix()] = p.read_bytes()
-    return out
 
 
 def staging_of(m: Mount, name: str) -> Path:

@@ -94,7 +94,7 @@ class LocalStore(Store):
             parts = name.rsplit("-", 2)
             if len(parts) != 3 or parts[0] != self._host or not parts[1].isdigit():
                 continue
-            if not _pid_alive(int(parts[1])):
+            if not pid_alive(int(parts[1])):
                 (tmp / name).unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -273,7 +273,7 @@ class LocalStore(Store):
             os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
