@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import IntegrityError
@@ -102,6 +102,31 @@ class BlobCache:
         self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?,?,?)", (digest, size, time.time()))
         self.evict(keep=digest)
         return final
+
+    def add_verified(self, blobs: Iterable[tuple[str, bytes]]) -> None:
+        """Store blobs the caller has already checked against their digests, with one index
+        write for all of them: for the many small blobs that one pack read brings in."""
+        rows = []
+        for digest, data in blobs:
+            final = self.path(digest)
+            if final.exists():
+                continue
+            tmp = self.temp_path()
+            tmp.write_bytes(data)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, final)
+            rows.append((digest, len(data), time.time()))
+        if not rows:
+            return
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR REPLACE INTO blobs VALUES (?,?,?)", rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        self.evict()
 
     def usage(self) -> tuple[int, int]:
         """(number of blobs, bytes) currently recorded."""

@@ -2,7 +2,9 @@
 
 A manifest maps entry paths to what is stored for them. Its canonical JSON (sorted keys, no
 whitespace) is hashed with SHA-256; that hash is the artifact digest, the name the manifest is
-stored under, and what decides whether logging creates a new version.
+stored under, and what decides whether logging creates a new version. The stored form may add,
+per entry, where a small blob lives inside a pack (see packs.py): storage detail, left out of
+the canonical JSON so the same contents always have the same digest.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from .errors import CorruptRecord, InvalidPath
 from .names import check_entry_path
+from .packs import PackLoc
 
 FORMAT = 1
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -35,6 +38,8 @@ class Entry:
     ref: str | None = None
     #: Checksum information of a reference (etag, version_id, generation, md5, crc32c).
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Where the blob lives when it was stored inside a pack (remote registries only).
+    pack: PackLoc | None = field(default=None, compare=False)
 
     @property
     def is_reference(self) -> bool:
@@ -61,7 +66,17 @@ class Entry:
             raise CorruptRecord(f"entry {path!r}: neither a digest nor a reference")
         if ref is not None and not isinstance(ref, str):
             raise CorruptRecord(f"entry {path!r}: invalid reference {ref!r}")
-        return cls(path, size, digest, ref, dict(data.get("extra") or {}))
+        return cls(path, size, digest, ref, dict(data.get("extra") or {}),
+                   _pack_from_json(path, data.get("pack"), size) if digest is not None else None)
+
+
+def _pack_from_json(path: str, raw: object, size: int | None) -> PackLoc | None:
+    if raw is None:
+        return None
+    if (isinstance(raw, list) and len(raw) == 2 and is_sha256(raw[0])
+            and isinstance(raw[1], int) and raw[1] >= 0 and size is not None):
+        return PackLoc(raw[0], raw[1], size)
+    raise CorruptRecord(f"entry {path!r}: invalid pack location {raw!r}")
 
 
 class Manifest(Mapping[str, Entry]):
@@ -87,6 +102,7 @@ class Manifest(Mapping[str, Entry]):
         return sum(e.size or 0 for e in self._entries.values())
 
     def to_bytes(self) -> bytes:
+        """The canonical JSON the artifact digest is taken of."""
         if self._bytes is None:
             doc = {
                 "format": FORMAT,
@@ -95,15 +111,31 @@ class Manifest(Mapping[str, Entry]):
             self._bytes = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         return self._bytes
 
+    def to_stored_bytes(self) -> bytes:
+        """What is written to the registry: the canonical JSON plus pack locations, if any."""
+        if not any(e.pack for e in self._entries.values()):
+            return self.to_bytes()
+        entries = {}
+        for p in sorted(self._entries):
+            e = self._entries[p]
+            entries[p] = e.to_json()
+            if e.pack is not None:
+                entries[p]["pack"] = [e.pack.pack, e.pack.offset]
+        doc = {"format": FORMAT, "entries": entries}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
     @property
     def digest(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
     @classmethod
     def from_bytes(cls, data: bytes, *, expect_digest: str | None = None) -> Manifest:
-        """Parse a stored manifest, refusing one that was tampered with or escapes its root."""
-        if expect_digest is not None and hashlib.sha256(data).hexdigest() != expect_digest:
-            raise CorruptRecord(f"manifest {expect_digest} does not match its digest")
+        """Parse a stored manifest, refusing one that was tampered with or escapes its root.
+
+        A manifest without pack locations is its own canonical form, so hashing the bytes
+        checks it; one with them is checked by re-deriving the canonical form.
+        """
+        canonical = expect_digest is None or hashlib.sha256(data).hexdigest() == expect_digest
         try:
             doc = json.loads(data)
             raw = doc["entries"]
@@ -120,4 +152,7 @@ class Manifest(Mapping[str, Entry]):
             if clean != path or not isinstance(data_, dict):
                 raise CorruptRecord(f"manifest {expect_digest or ''}: bad entry {path!r}")
             entries.append(Entry.from_json(path, data_))
-        return cls(entries)
+        manifest = cls(entries)
+        if not canonical and manifest.digest != expect_digest:
+            raise CorruptRecord(f"manifest {expect_digest} does not match its digest")
+        return manifest

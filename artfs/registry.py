@@ -5,6 +5,7 @@ everything of that entity, its blobs included):
 
     registry.json                                          marks the location as a registry
     entities/<e>/blobs/<2 hex>/<sha256>                    file bytes, stored once per entity
+    entities/<e>/packs/<2 hex>/<sha256>                    small blobs packed together (remote)
     entities/<e>/manifests/<2 hex>/<sha256>.json           manifests by artifact digest
     entities/<e>/projects/<p>/runs/<run id>.json           runs with their inputs and outputs
     entities/<e>/projects/<p>/artifacts/<n>/artifact.json  the artifact's type, fixed at creation
@@ -24,14 +25,16 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import secrets
 import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,13 +52,17 @@ from .errors import (
     KeyNotFound,
     NotARegistry,
     SourceError,
+    StoreError,
     TypeMismatch,
 )
 from .hashing import HashCache, copy_and_hash, hash_bytes, hash_file, read_small, stat_key
 from .manifest import Entry, Manifest, is_sha256
 from .names import LATEST, ArtifactRef, check_alias, check_name
+from .packs import PACK_BLOB_MAX, PackBuilder, PackIndex, PackLoc, split
 from .store import Store, open_store
 from .store.local import LocalStore, pid_alive
+
+log = logging.getLogger(__name__)
 
 MARKER_KEY = "registry.json"
 MARKER = {"format": "artfs-registry", "version": 1}
@@ -66,6 +73,8 @@ CLAIM_TTL_S = 120.0
 #: was left by a commit of ours that failed (and could not release it, e.g. the network was
 #: down): it is stale at once, so retrying the same log does not wait CLAIM_TTL_S.
 _HELD_CLAIMS: set[str] = set()
+#: Small files read per batch while packing: bounds the bytes held in memory at once.
+PACK_BATCH = 256
 #: Parallel blob uploads/downloads to a remote store; it keeps this many connections open.
 TRANSFER_WORKERS = 8
 #: On a local disk file creation serialises in the kernel: downloading 2,000 files of 4 KiB
@@ -230,6 +239,7 @@ class Registry:
         cdir = cache_dir or config.cache_dir()
         self.cache = BlobCache(cdir, config.cache_size() if cache_size is None else cache_size)
         self.hashes = HashCache(cdir / "hashes.db")
+        self.packs = PackIndex(cdir / "packs.db")
         self._local = self.store if isinstance(self.store, LocalStore) else None
         #: Threads for moving many files: network latency wants many, a local disk one.
         self.workers = LOCAL_WORKERS if self._local is not None else TRANSFER_WORKERS
@@ -268,6 +278,10 @@ class Registry:
     @staticmethod
     def blob_key(entity: str, digest: str) -> str:
         return f"entities/{entity}/blobs/{digest[:2]}/{digest}"
+
+    @staticmethod
+    def pack_key(entity: str, pack: str) -> str:
+        return f"entities/{entity}/packs/{pack[:2]}/{pack}"
 
     @staticmethod
     def manifest_key(entity: str, digest: str) -> str:
@@ -397,11 +411,22 @@ class Registry:
             raise CorruptRecord(
                 f"manifest of {version.qualified} ({version.digest}) is missing from {self.url}"
             ) from None
-        return Manifest.from_bytes(data, expect_digest=version.digest)
+        manifest = Manifest.from_bytes(data, expect_digest=version.digest)
+        self.packs.record(self.url, version.entity,
+                          ((e.digest, e.pack) for e in manifest.values() if e.pack and e.digest))
+        return manifest
 
     # -- writing blobs ------------------------------------------------------------------------
     def has_blob(self, entity: str, digest: str) -> bool:
+        loc = self._pack_loc(entity, digest)
+        if loc is not None:
+            return self.store.head(self.pack_key(entity, loc.pack)) is not None
         return self.store.head(self.blob_key(entity, digest)) is not None
+
+    def _pack_loc(self, entity: str, digest: str) -> PackLoc | None:
+        if self._local is not None:
+            return None
+        return self.packs.lookup(self.url, entity, [digest]).get(digest)
 
     def _committed(self, entity: str, project: str, name: str, digest: str) -> bool:
         """Whether a manifest digest already is a version of the artifact."""
@@ -452,17 +477,27 @@ class Registry:
             quick = [Entry(s.path, keys[str(s.file)][0], known[str(s.file)]) for s in sources]
             if skip_present(quick):
                 return {e.path: e for e in quick}
-        present = self._present_blobs(entity, set(known.values()))
+        # Blobs this machine saw in a pack need no request: packs are never rewritten.
+        packed = {} if self._local is not None else self.packs.lookup(
+            self.url, entity, known.values())
+        present = self._present_blobs(entity, set(known.values()) - set(packed))
         entries: list[Entry] = []
         todo: list[Source] = []
         for src in sources:
             digest = known.get(str(src.file))
-            if digest is not None and digest in present:
+            if digest is not None and digest in packed:
+                entries.append(Entry(src.path, keys[str(src.file)][0], digest,
+                                     pack=packed[digest]))
+            elif digest is not None and digest in present:
                 entries.append(Entry(src.path, keys[str(src.file)][0], digest))
             else:
                 todo.append(src)
 
         fresh: list[tuple[str, os.stat_result, str]] = []
+        small = [s for s in todo if keys[str(s.file)][0] <= PACK_BLOB_MAX]
+        if self._local is None and len(small) > 1:
+            entries.extend(self._ingest_packed(entity, small, fresh))
+            todo = [s for s in todo if keys[str(s.file)][0] > PACK_BLOB_MAX]
 
         def ingest(src: Source) -> Entry:
             digest, st = self._upload(entity, src.file)
@@ -477,6 +512,54 @@ class Registry:
                 entries.extend(pool.map(ingest, todo))
         self.hashes.record(fresh)
         return {e.path: e for e in entries}
+
+    def _ingest_packed(self, entity: str, sources: list[Source],
+                       fresh: list[tuple[str, os.stat_result, str]]) -> list[Entry]:
+        """Read small files in parallel and upload them as packs while later ones are read.
+
+        Files are read in batches and at most `workers` packs wait for upload, so memory stays
+        bounded (a batch of PACK_BATCH files plus the packs in flight) whatever the file count.
+        """
+        builder = PackBuilder()
+        locs: dict[str, PackLoc] = {}
+        pending: deque[Future[dict[str, PackLoc]]] = deque()
+        read: list[tuple[Source, str, int]] = []
+        sizes: dict[str, int] = {}
+
+        def load(src: Source) -> tuple[Source, bytes, str, os.stat_result]:
+            small = read_small(src.file)
+            assert small is not None  # sources here are at most PACK_BLOB_MAX bytes
+            data, digest, st = small
+            _check_unchanged(src, st)
+            return src, data, digest, st
+
+        def put(pack: tuple[str, bytes, dict[str, int]]) -> dict[str, PackLoc]:
+            digest, data, offsets = pack
+            self.store.put(self.pack_key(entity, digest), data)
+            return {d: PackLoc(digest, off, sizes[d]) for d, off in offsets.items()}
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            for i in range(0, len(sources), PACK_BATCH):
+                batch = list(pool.map(load, sources[i : i + PACK_BATCH]))
+                locs.update(self.packs.lookup(self.url, entity, (b[2] for b in batch)))
+                for src, data, digest, st in batch:
+                    fresh.append((str(src.file), st, digest))
+                    read.append((src, digest, st.st_size))
+                    sizes[digest] = st.st_size
+                    if digest in locs:
+                        continue  # already in a pack of this registry
+                    full = builder.add(digest, data)
+                    if full is not None:
+                        pending.append(pool.submit(put, full))
+                    while len(pending) > self.workers:
+                        locs.update(pending.popleft().result())
+            last = builder.flush()
+            if last is not None:
+                pending.append(pool.submit(put, last))
+            for f in pending:
+                locs.update(f.result())
+        self.packs.record(self.url, entity, locs.items())
+        return [Entry(src.path, size, digest, pack=locs[digest]) for src, digest, size in read]
 
     def _upload(self, entity: str, file: Path) -> tuple[str, os.stat_result]:
         """Hash `file` and store its bytes unless the registry has them; reads it once when it
@@ -559,6 +642,9 @@ class Registry:
         """
         key = self.blob_key(entity, digest)
         where = f" ({what})" if what else ""
+        loc = self._pack_loc(entity, digest)
+        if loc is not None:
+            return self._packed_blob_file(entity, digest, loc, where)
         if self._local is not None:
             path = self._local.local_path(key)
             assert path is not None
@@ -574,11 +660,56 @@ class Registry:
         except IntegrityError as e:
             raise IntegrityError(f"{e}{where}; registry {self.url} holds corrupt bytes") from e
 
+    def _packed_blob_file(self, entity: str, digest: str, loc: PackLoc, where: str) -> Path:
+        key = self.pack_key(entity, loc.pack)
+        try:
+            return self.cache.fill(digest, lambda tmp: tmp.write_bytes(
+                self.store.get_range(key, loc.offset, loc.size)))
+        except KeyNotFound:
+            raise IntegrityError(
+                f"pack {loc.pack} holding blob {digest}{where} is missing from registry {self.url}"
+            ) from None
+        except IntegrityError as e:
+            raise IntegrityError(f"{e}{where}; registry {self.url} holds corrupt bytes") from e
+
+    def prefetch_packed(self, entity: str, entries: Iterable[Entry]) -> None:
+        """Bring the packed blobs among `entries` into the cache with one request per pack.
+
+        A read that fails here is not reported: each blob's own fetch (`blob_file`) then
+        tries again and names the entry in its error.
+        """
+        by_pack: dict[str, dict[str, PackLoc]] = {}
+        for e in entries:
+            if e.pack and e.digest and not self.cache.path(e.digest).exists():
+                by_pack.setdefault(e.pack.pack, {})[e.digest] = e.pack
+
+        def fetch(item: tuple[str, dict[str, PackLoc]]) -> None:
+            pack, locs = item
+            start = min(loc.offset for loc in locs.values())
+            end = max(loc.offset + loc.size for loc in locs.values())
+            try:
+                data = self.store.get_range(self.pack_key(entity, pack), start, end - start)
+            except StoreError as e:
+                log.warning("reading pack %s of registry %s failed: %s", pack, self.url, e)
+                return
+            self.cache.add_verified(
+                split(data, start, ((d, loc.offset, loc.size) for d, loc in locs.items())))
+
+        if len(by_pack) <= 1:
+            for item in by_pack.items():
+                fetch(item)
+            return
+        with ThreadPoolExecutor(self.workers) as pool:
+            list(pool.map(fetch, by_pack.items()))
+
     def read_blob_range(self, entity: str, digest: str, offset: int, length: int) -> bytes:
         cached = self.cache.get(digest)
         if cached is not None:
             with open(cached, "rb") as f:
                 return os.pread(f.fileno(), length, offset)
+        loc = self._pack_loc(entity, digest)
+        if loc is not None:
+            return self.blob_file(entity, digest).read_bytes()[offset : offset + length]
         return self.store.get_range(self.blob_key(entity, digest), offset, length)
 
     # -- committing ---------------------------------------------------------------------------
@@ -623,7 +754,7 @@ class Registry:
         manifest_key = self.manifest_key(entity, digest)
         if self.store.head(manifest_key) is None:
             self.store.flush()
-            self.store.put(manifest_key, manifest.to_bytes())
+            self.store.put(manifest_key, manifest.to_stored_bytes())
 
         claim_key = prefix + f"digests/{digest}.json"
         existing, claim = self._claim_digest(claim_key, prefix, digest)
@@ -699,6 +830,8 @@ class Registry:
                 already.append(candidate)
             return bool(already)
 
+        if self._local is None:
+            self._learn_pack_locations(entity, project, name)
         entries = self.ingest_files(entity, sources, skip_present=committed)
         manifest = already[0] if already else Manifest([*entries.values(), *references])
         if before_commit is not None:
@@ -712,6 +845,18 @@ class Registry:
                 run.outputs.append(result.version.qualified)
                 self._save_run(run)
         return result
+
+    def _learn_pack_locations(self, entity: str, project: str, name: str) -> None:
+        """Read the latest version's manifest, which records where its packed blobs live.
+
+        A new version mostly repeats the last one; knowing those locations lets small files
+        that another machine already uploaded be reused instead of packed and sent again.
+        """
+        try:
+            latest = self.version(ArtifactRef(entity, project, name, LATEST), with_aliases=False)
+        except ArtifactNotFound:
+            return
+        self.manifest(latest)
 
     def start_run(self, entity: str, project: str, job_type: str) -> RunRecord:
         run = RunRecord(

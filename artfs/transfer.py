@@ -90,6 +90,7 @@ def download(
     written: list[tuple[str, os.stat_result, str]] = []
 
     bar = _progress(sum(e.size or 0 for e, _ in todo), f"{version.qualified}")
+    registry.prefetch_packed(version.entity, (e for e, _ in todo if not e.is_reference))
 
     def fetch(item: tuple[Entry, Path]) -> None:
         entry, dest = item
