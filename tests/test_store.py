@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -281,6 +282,14 @@ def test_s3_uploads_carry_a_sha256_checksum(s3_store: Store, tmp_path: Path) -> 
     s3_store.put("a", b"payload")
     expected = hashlib.sha256(b"payload").digest()
     assert _s3_head(s3_store, "a")["ChecksumSHA256"] == base64.b64encode(expected).decode()
+
+
+def test_s3_file_uploads_carry_a_crc32_per_part(s3_store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"file bytes")
+    s3_store.put_file("f", src)
+    expected = zlib.crc32(b"file bytes").to_bytes(4, "big")
+    assert _s3_head(s3_store, "f")["ChecksumCRC32"] == base64.b64encode(expected).decode()
 
 
 def test_s3_a_resent_conditional_write_that_had_landed_still_counts_as_won(
