@@ -42,29 +42,30 @@ class PackLoc:
 
 
 class PackBuilder:
-    """Collects (digest, bytes) and yields full packs as (pack digest, bytes, {digest: offset})."""
+    """Collects (digest, bytes) and yields full packs as (pack digest, bytes, {digest: loc})."""
 
     def __init__(self, target: int = PACK_TARGET) -> None:
         self.target = target
         self._parts: list[bytes] = []
-        self._offsets: dict[str, int] = {}
+        self._offsets: dict[str, tuple[int, int]] = {}
         self._size = 0
 
-    def add(self, digest: str, data: bytes) -> tuple[str, bytes, dict[str, int]] | None:
+    def add(self, digest: str, data: bytes) -> tuple[str, bytes, dict[str, PackLoc]] | None:
         """Add one blob (once per digest); returns a pack when this one filled it."""
         if digest in self._offsets:
             return None
-        self._offsets[digest] = self._size
+        self._offsets[digest] = (self._size, len(data))
         self._parts.append(data)
         self._size += len(data)
         return self.flush() if self._size >= self.target else None
 
-    def flush(self) -> tuple[str, bytes, dict[str, int]] | None:
+    def flush(self) -> tuple[str, bytes, dict[str, PackLoc]] | None:
         """The pack collected so far, if any blob is in it."""
         if not self._offsets:
             return None
         data = b"".join(self._parts)
-        pack = (hashlib.sha256(data).hexdigest(), data, self._offsets)
+        name = hashlib.sha256(data).hexdigest()
+        pack = (name, data, {d: PackLoc(name, off, n) for d, (off, n) in self._offsets.items()})
         self._parts, self._offsets, self._size = [], {}, 0
         return pack
 

@@ -35,7 +35,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -515,16 +515,9 @@ class Registry:
 
     def _ingest_packed(self, entity: str, sources: list[Source],
                        fresh: list[tuple[str, os.stat_result, str]]) -> list[Entry]:
-        """Read small files in parallel and upload them as packs while later ones are read.
-
-        Files are read in batches and at most `workers` packs wait for upload, so memory stays
-        bounded (a batch of PACK_BATCH files plus the packs in flight) whatever the file count.
-        """
-        builder = PackBuilder()
-        locs: dict[str, PackLoc] = {}
-        pending: deque[Future[dict[str, PackLoc]]] = deque()
+        """Read small files in parallel, in batches, packing them while later ones are read."""
+        known: dict[str, PackLoc] = {}
         read: list[tuple[Source, str, int]] = []
-        sizes: dict[str, int] = {}
 
         def load(src: Source) -> tuple[Source, bytes, str, os.stat_result]:
             small = read_small(src.file)
@@ -533,33 +526,49 @@ class Registry:
             _check_unchanged(src, st)
             return src, data, digest, st
 
-        def put(pack: tuple[str, bytes, dict[str, int]]) -> dict[str, PackLoc]:
-            digest, data, offsets = pack
-            self.store.put(self.pack_key(entity, digest), data)
-            return {d: PackLoc(digest, off, sizes[d]) for d, off in offsets.items()}
+        def blobs() -> Iterator[tuple[str, bytes]]:
+            with ThreadPoolExecutor(self.workers) as pool:
+                for i in range(0, len(sources), PACK_BATCH):
+                    batch = list(pool.map(load, sources[i : i + PACK_BATCH]))
+                    known.update(self.packs.lookup(self.url, entity, (b[2] for b in batch)))
+                    for src, data, digest, st in batch:
+                        fresh.append((str(src.file), st, digest))
+                        read.append((src, digest, st.st_size))
+                        if digest not in known:  # else already in a pack of this registry
+                            yield digest, data
+
+        locs = self._upload_packs(entity, blobs())
+        locs.update(known)
+        return [Entry(src.path, size, digest, pack=locs[digest]) for src, digest, size in read]
+
+    def _upload_packs(self, entity: str, blobs: Iterable[tuple[str, bytes]]
+                      ) -> dict[str, PackLoc]:
+        """Upload (digest, bytes) pairs as packs, each as soon as it is full.
+
+        At most `workers` packs wait for upload, so memory stays bounded whatever the count.
+        """
+        builder = PackBuilder()
+        locs: dict[str, PackLoc] = {}
+        pending: deque[Future[dict[str, PackLoc]]] = deque()
+
+        def put(pack: tuple[str, bytes, dict[str, PackLoc]]) -> dict[str, PackLoc]:
+            self.store.put(self.pack_key(entity, pack[0]), pack[1])
+            return pack[2]
 
         with ThreadPoolExecutor(self.workers) as pool:
-            for i in range(0, len(sources), PACK_BATCH):
-                batch = list(pool.map(load, sources[i : i + PACK_BATCH]))
-                locs.update(self.packs.lookup(self.url, entity, (b[2] for b in batch)))
-                for src, data, digest, st in batch:
-                    fresh.append((str(src.file), st, digest))
-                    read.append((src, digest, st.st_size))
-                    sizes[digest] = st.st_size
-                    if digest in locs:
-                        continue  # already in a pack of this registry
-                    full = builder.add(digest, data)
-                    if full is not None:
-                        pending.append(pool.submit(put, full))
-                    while len(pending) > self.workers:
-                        locs.update(pending.popleft().result())
+            for digest, data in blobs:
+                full = builder.add(digest, data)
+                if full is not None:
+                    pending.append(pool.submit(put, full))
+                while len(pending) > self.workers:
+                    locs.update(pending.popleft().result())
             last = builder.flush()
             if last is not None:
                 pending.append(pool.submit(put, last))
             for f in pending:
                 locs.update(f.result())
         self.packs.record(self.url, entity, locs.items())
-        return [Entry(src.path, size, digest, pack=locs[digest]) for src, digest, size in read]
+        return locs
 
     def _upload(self, entity: str, file: Path) -> tuple[str, os.stat_result]:
         """Hash `file` and store its bytes unless the registry has them; reads it once when it
@@ -606,6 +615,9 @@ class Registry:
         filesystem a file is renamed into place (no copy), so it is gone afterwards.
         """
         verified: list[tuple[str, os.stat_result, str]] = []
+        files = list(files)
+        if self._local is None:
+            files = self._put_packed_files(entity, files)
         for digest, file in files:
             key = self.blob_key(entity, digest)
             if self.store.head(key) is not None:
@@ -626,6 +638,36 @@ class Registry:
             verified.append((str(blob), os.stat(blob), digest))
         # Hashed as written: the mount's first open need not hash these blobs again.
         self.hashes.record(verified)
+
+    def _put_packed_files(self, entity: str, files: list[tuple[str, Path]]
+                          ) -> list[tuple[str, Path]]:
+        """Pack the small ones among (digest, file) pairs; returns the others.
+
+        `commit` finds the locations in the pack index and writes them into the manifest.
+        """
+        sizes = {str(f): os.stat(f).st_size for _, f in files}
+        small = [(d, f) for d, f in files if sizes[str(f)] <= PACK_BLOB_MAX]
+        if len(small) <= 1:
+            return files
+        packed = self.packs.lookup(self.url, entity, (d for d, _ in small))
+        self._upload_packs(entity, ((d, Path(f).read_bytes()) for d, f in small
+                                    if d not in packed))
+        return [(d, f) for d, f in files if sizes[str(f)] > PACK_BLOB_MAX]
+
+    def _locate_packed(self, entity: str, manifest: Manifest) -> Manifest:
+        """`manifest` with the pack location of every blob this machine knows to be packed.
+
+        Entries built from a staging tree or a digest-only listing do not carry locations; a
+        stored manifest must, or readers on other machines would look for a blob object.
+        """
+        missing = [e for e in manifest.values() if e.digest and e.pack is None]
+        if self._local is not None or not missing:
+            return manifest
+        locs = self.packs.lookup(self.url, entity, (e.digest for e in missing if e.digest))
+        if not locs:
+            return manifest
+        return Manifest(replace(e, pack=locs.get(e.digest or "", e.pack))
+                        for e in manifest.values())
 
     def put_blob(self, entity: str, data: bytes) -> str:
         digest = hash_bytes(data)
@@ -754,7 +796,7 @@ class Registry:
         manifest_key = self.manifest_key(entity, digest)
         if self.store.head(manifest_key) is None:
             self.store.flush()
-            self.store.put(manifest_key, manifest.to_stored_bytes())
+            self.store.put(manifest_key, self._locate_packed(entity, manifest).to_stored_bytes())
 
         claim_key = prefix + f"digests/{digest}.json"
         existing, claim = self._claim_digest(claim_key, prefix, digest)

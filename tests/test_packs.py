@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 import sdk
+from artfs import staging
 from artfs.errors import CorruptRecord, IntegrityError
 from artfs.manifest import Entry, Manifest
+from artfs.names import ArtifactRef
 from artfs.packs import PACK_BLOB_MAX, PackBuilder, PackLoc, split
-from artfs.registry import Registry
+from artfs.registry import Registry, Source
+from artfs.staging import ROOT
 
 ENTITY = "tester"
 REMOTE = ["s3", "gcs"]
@@ -62,8 +65,9 @@ def test_builder_closes_packs_at_the_target_and_stores_each_digest_once() -> Non
     full = builder.add("b" * 64, b"67890")
     assert full is not None
     digest, data, offsets = full
-    assert (data, offsets) == (b"1234567890", {"a" * 64: 0, "b" * 64: 5})
     assert digest == hashlib.sha256(b"1234567890").hexdigest()
+    assert data == b"1234567890"
+    assert offsets == {"a" * 64: PackLoc(digest, 0, 5), "b" * 64: PackLoc(digest, 5, 5)}
     assert builder.flush() is None
 
 
@@ -169,3 +173,40 @@ def test_a_corrupt_pack_fails_the_download_naming_the_entry_and_caches_nothing(
     cached = [p for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
     assert [p.read_bytes() for p in cached] == [b"aaaa"]
     assert not (tmp_path / "out" / "b.bin").exists()
+
+
+def test_a_staging_commit_packs_its_small_files_and_other_machines_can_read_them(
+        remote: str, tmp_path: Path) -> None:
+    files = small_files(40)
+    sources = []
+    for path, data in files.items():
+        f = tmp_path / "src" / path
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(data)
+        sources.append(Source(path, f))
+    writer = Registry(remote, cache_dir=tmp_path / "writer-cache")
+    try:
+        writer.log_version(ENTITY, "p", "ds", "dataset", sources)
+        area = staging.open_area(writer, ENTITY, "p", "ds")
+        added = {"new/a.bin": b"staged a", "new/b.bin": b"staged b"}
+        folder = area.mkdir(ROOT, "new").id
+        for path, data in added.items():
+            node = area.create_file(folder, path.split("/")[1])
+            area.file(node.id).write_bytes(data)
+            area.set_digest(node.id, hashlib.sha256(data).hexdigest(), len(data))
+        result = staging.commit(writer, area)
+        assert result.created
+        assert len(keys(writer, "packs")) == 2
+        assert keys(writer, "blobs") == []
+    finally:
+        writer.close()
+    reader = Registry(remote, cache_dir=tmp_path / "reader-cache")  # another machine
+    try:
+        v1 = reader.version(ArtifactRef(ENTITY, "p", "ds", "v1"))
+        manifest = reader.manifest(v1)
+        assert all(e.pack is not None for e in manifest.values())
+        got = {p: reader.blob_file(ENTITY, e.digest or "").read_bytes()
+               for p, e in manifest.items()}
+        assert got == {**files, **added}
+    finally:
+        reader.close()
