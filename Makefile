@@ -34,6 +34,7 @@ bench: install
 	if [ -n "$$missing" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench
 
 lint: install

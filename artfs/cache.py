@@ -85,6 +85,21 @@ class BlobCache:
         self.evict(keep=digest)
         return final
 
+    def fill_hashed(self, digest: str, fetch: Callable[[Path], str]) -> Path:
+        """Like `fill`, for a `fetch` that returns the SHA-256 of what it wrote (it hashed the
+        bytes as they arrived), so they are not read again."""
+        existing = self.get(digest)
+        if existing is not None:
+            return existing
+        tmp = self.temp_path()
+        try:
+            actual = fetch(tmp)
+            if actual != digest:
+                raise IntegrityError(f"fetched bytes of blob {digest} hash to {actual}")
+            return self.adopt_hashed(digest, tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def adopt_hashed(self, digest: str, path: Path) -> Path:
         """Move in a file the caller has already hashed to `digest`, without hashing it again.
 

@@ -118,10 +118,12 @@ def download(
                     st = os.stat(tmp)
             else:
                 assert entry.digest is not None
-                src = registry.blob_file(
-                    version.entity, entry.digest, f"entry {entry.path} of {version.qualified}"
-                )
-                _copy_verified(registry, src, tmp, entry, version)
+                what = f"entry {entry.path} of {version.qualified}"
+                big = (entry.size or 0) > SMALL_FILE
+                if not (big and registry.fetch_blob_uncached(version.entity, entry.digest, tmp,
+                                                             what)):
+                    src = registry.blob_file(version.entity, entry.digest, what)
+                    _copy_verified(registry, src, tmp, entry, version)
             os.rename(tmp, dest)
             st = os.stat(dest)
         finally:

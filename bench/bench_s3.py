@@ -1,8 +1,8 @@
-"""Issue 3: logging and downloading against S3 (a moto server started here) vs plain boto3.
+"""Issue 3: logging and downloading against S3 (SeaweedFS started here) vs plain boto3.
 
 Baselines, measured in the same run against the same server:
 - one big file: boto3 `upload_file` / `download_file` with default settings, and a single-stream
-  `get_object` read (moto serves each ranged GET in ~230 ms, so chunked downloads suffer there);
+  `get_object` read;
 - many small files: a boto3 loop of put_object / get_object on a ThreadPoolExecutor of
   `artfs.registry.TRANSFER_WORKERS` threads, the same parallelism artfs uses. artfs sends them
   as a few packs (artfs/packs.py), so it makes ~1 request per 8 MiB instead of one per file.
@@ -21,9 +21,10 @@ from botocore.config import Config
 
 import sdk
 from artfs.registry import TRANSFER_WORKERS, Registry
-from tests.servers import S3_UNSET_ENV, s3_client_env, start_moto, stop_server
+from tests.servers import S3_UNSET_ENV, s3_client_env
 
 from .common import Row, make_big_file, make_small_files, median_time, remove, workdir
+from .seaweed import start_seaweedfs, stop_server
 
 MiB = 1024**2
 GIB = 1024**3
@@ -44,15 +45,14 @@ def _files(root: Path) -> list[Path]:
 
 def run(quick: bool) -> list[Row]:
     rows: list[Row] = []
-    # moto takes ~130 small PUT/s: one boto3 loop over 10,000 files is ~80 s, so three runs.
-    runs = 3
+    runs = 3 if quick else 5
     big_size = 256 * MiB if quick else GIB
     n_small = 2_000 if quick else 10_000
     saved = {k: os.environ.get(k) for k in (*S3_UNSET_ENV, "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                                             "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                                             "AWS_EC2_METADATA_DISABLED")}
     with workdir("s3") as w:
-        proc, endpoint = start_moto(w / "moto.log")
+        proc, endpoint = start_seaweedfs(w / "seaweedfs", w / "seaweedfs.log")
         try:
             for k in S3_UNSET_ENV:
                 os.environ.pop(k, None)

@@ -348,6 +348,23 @@ def test_download_never_hard_links_registry_files(log_files, tmp_path: Path) -> 
     assert contents(art.download(tmp_path / "again")) == {"a.txt": b"original"}
 
 
+@pytest.mark.parametrize("registry_url", ["s3", "gcs"], indirect=True)
+def test_large_remote_files_download_straight_to_the_folder_verified(
+        log_files, registry: Registry, tmp_path: Path) -> None:
+    big = os.urandom(5 * 1024 * 1024)
+    art = log_files("ds", {"big.bin": big, "small.txt": b"small"})
+    out = Path(art.download(tmp_path / "out"))
+    assert contents(out) == {"big.bin": big, "small.txt": b"small"}
+    cached = [p.stat().st_size for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
+    assert len(big) not in cached  # the user's copy is the only one written
+
+    registry.store.put(registry.blob_key(ENTITY, sha(big)), big[:-1] + b"!")
+    with pytest.raises(IntegrityError, match="big.bin"):
+        art.download(tmp_path / "again")
+    assert not (tmp_path / "again" / "big.bin").exists()
+    assert not list((tmp_path / "again").rglob("*.artfs-partial"))
+
+
 def test_get_path_downloads_only_that_entry(log_files, tmp_path: Path) -> None:
     art = log_files("ds", {"a.txt": b"a", "d/b.txt": b"b"})
     entry = art.get_path("d/b.txt")

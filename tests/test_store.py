@@ -187,6 +187,21 @@ def test_concurrent_put_if_match_has_exactly_one_winner(store: Store) -> None:
 
 
 # -- files ---------------------------------------------------------------------------------------
+def test_get_file_hashed_returns_the_digest_of_the_bytes_written(store: Store,
+                                                                  tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(LARGE_FILE_SIZE))
+    store.put_file("blobs/big", src)
+    store.put("empty", b"")
+    dest = tmp_path / "copy.bin"
+    assert store.get_file_hashed("blobs/big", dest) == _sha256(src)
+    assert dest.read_bytes() == src.read_bytes()
+    assert store.get_file_hashed("empty", dest) == hashlib.sha256(b"").hexdigest()
+    assert dest.read_bytes() == b""
+    with pytest.raises(KeyNotFound):
+        store.get_file_hashed("missing", dest)
+
+
 def test_put_file_get_file_round_trip_a_large_file(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(LARGE_FILE_SIZE))

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..hashing import hash_file
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -64,6 +66,15 @@ class Store(ABC):
     @abstractmethod
     def get_file(self, key: str, path: Path) -> None:
         """Download a whole object into `path` (created or truncated); raises KeyNotFound."""
+
+    def get_file_hashed(self, key: str, path: Path) -> str:
+        """Download like `get_file` and return the SHA-256 of the bytes written.
+
+        Stores that fetch in parallel parts override this to hash each part as soon as every
+        part before it has arrived, so verifying a download costs no pass of its own.
+        """
+        self.get_file(key, path)
+        return hash_file(path)[0]
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[str]:

@@ -9,11 +9,15 @@ settings for them. Retries are botocore's; transfers of large files are s3transf
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,6 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 from s3transfer.exceptions import RetriesExceededError
-from s3transfer.subscribers import BaseSubscriber
 from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
 from ..errors import AccessDenied, IntegrityError, KeyNotFound, StoreError
@@ -97,16 +100,6 @@ def _sse_args_from_env() -> dict[str, str]:
     if key_id:
         args["SSEKMSKeyId"] = key_id
     return args
-
-
-class _KnownSize(BaseSubscriber):
-    """Tells s3transfer an object's size so it does not HEAD the object first."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def on_queued(self, future: Any, **kwargs: Any) -> None:
-        future.meta.provide_transfer_size(self.size)
 
 
 def _status(e: ClientError) -> int:
@@ -316,38 +309,59 @@ class S3Store(Store):
                 raise StoreError(f"cannot upload {path}: file not found") from e
 
     def get_file(self, key: str, path: Path) -> None:
-        """One ranged GET for the first part; s3transfer's parallel parts only past it.
+        self.get_file_hashed(key, path)
 
-        s3transfer starts every download with a HEAD for the size: for 10,000 blobs of 4 KiB
-        that doubled the requests and the time (17.8 s vs 10.7 s for a boto3 get_object loop
-        on moto). The first GET asks for at most one part; its Content-Range gives the size,
-        which is then handed to s3transfer so it skips its HEAD for larger objects.
+    def get_file_hashed(self, key: str, path: Path) -> str:
+        """Ranged GETs of MULTIPART_CHUNKSIZE in parallel, hashed in order as they arrive.
+
+        The first GET asks for one part and its Content-Range gives the size, so there is no
+        HEAD (s3transfer's HEAD first doubled the requests for 10,000 small blobs). Hashing
+        part i while later parts download takes the verification off the critical path: with
+        s3transfer then a hash, a 256 MiB download cost ~1.9x a boto3 download_file.
+        A failed download may leave `path` partial: callers download into temporary names.
         """
+        part = MULTIPART_CHUNKSIZE
         with self._translate("reading", key):
             try:
                 resp = self._client.get_object(
-                    Bucket=self.bucket, Key=self._key(key),
-                    Range=f"bytes=0-{MULTIPART_THRESHOLD - 1}",
-                )
+                    Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{part - 1}")
             except ClientError as e:
                 if _status(e) != 416:  # 416: an empty object (no byte 0 to range over)
                     raise
                 path.write_bytes(b"")
-                return
+                return hashlib.sha256().hexdigest()
             total = int(resp.get("ContentRange", "/0").rsplit("/", 1)[1] or 0)
-            if total <= MULTIPART_THRESHOLD:
+            try:
+                first = resp["Body"].read()
+            except S3_RETRYABLE_DOWNLOAD_ERRORS:
+                first = self._read(key, Range=f"bytes=0-{part - 1}")[0]  # cut off: again
+        digest = hashlib.sha256(first)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.pwrite(fd, first, 0)
+
+            def fetch(offset: int) -> bytes:
+                n = min(part, total - offset)
+                data = self._read(key, Range=f"bytes={offset}-{offset + n - 1}")[0]
+                if len(data) != n:
+                    raise StoreError(f"{key!r} in registry {self.url} changed size while read")
+                os.pwrite(fd, data, offset)
+                return data
+
+            offsets = iter(range(len(first), total, part))
+            with ThreadPoolExecutor(MAX_CONCURRENCY) as pool:
+                window = deque(pool.submit(fetch, o) for o in islice(offsets, 2 * MAX_CONCURRENCY))
                 try:
-                    data = resp["Body"].read()
-                except S3_RETRYABLE_DOWNLOAD_ERRORS:
-                    data = self._read(key)[0]  # cut off: fetch it again, whole
-                path.write_bytes(data)
-                return
-            resp["Body"].close()
-            # s3transfer downloads into a temporary name and renames, so `path` is never
-            # partial.
-            self._transfer.download(
-                self.bucket, self._key(key), str(path), subscribers=[_KnownSize(total)]
-            ).result()
+                    while window:
+                        digest.update(window.popleft().result())  # hashlib releases the GIL
+                        window.extend(pool.submit(fetch, o) for o in islice(offsets, 1))
+                except BaseException:
+                    for f in window:
+                        f.cancel()
+                    raise
+        finally:
+            os.close(fd)
+        return digest.hexdigest()
 
     def list(self, prefix: str) -> Iterator[str]:
         strip = len(self._prefix)
