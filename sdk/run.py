@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
@@ -30,6 +32,8 @@ class Run:
         self._pool: ThreadPoolExecutor | None = None
         self._last: Future | None = None
         self._pending: list[Future] = []
+        if active:
+            atexit.register(self._finish_at_exit)
 
     @classmethod
     def _from_record(cls, registry: Registry, record: RunRecord) -> Run:
@@ -144,9 +148,18 @@ class Run:
             self._join()
         finally:
             self._active = False
+            atexit.unregister(self._finish_at_exit)
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
             self._registry.finish_run(self._record)
+
+    def _finish_at_exit(self) -> None:
+        """A script that never finished its run still gets its logs committed (the worker
+        threads finish before this runs) and hears about a log that failed, on stderr."""
+        try:
+            self.finish()
+        except Exception as e:  # noqa: BLE001 - nobody is left to raise to
+            print(f"artfs: a background log of run {self.path} failed: {e}", file=sys.stderr)
 
     def __enter__(self) -> Run:
         return self

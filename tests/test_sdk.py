@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 import sdk
 from artfs import transfer
-from artfs.errors import FileChangedError, IntegrityError, ReferenceChanged
+from artfs.errors import ArtifactNotFound, FileChangedError, IntegrityError, ReferenceChanged
 from artfs.registry import Registry
 
 ENTITY, PROJECT = "tester", "uncategorized"
@@ -425,3 +427,26 @@ def test_changed_file_reference_fails_download_by_name(registry_url: str, tmp_pa
     with pytest.raises(ReferenceChanged, match="ext.bin"):
         art.download(tmp_path / "out")
     assert not (tmp_path / "out" / "ext.bin").exists()
+
+
+@pytest.mark.parametrize("registry_url", ["local"], indirect=True)
+def test_a_run_never_finished_still_commits_and_reports_a_failed_log_at_exit(
+        registry_url: str, tmp_path: Path) -> None:
+    (tmp_path / "ok.txt").write_bytes(b"ok")
+    (tmp_path / "gone.txt").write_bytes(b"gone")
+    script = """
+import os, sdk
+run = sdk.init(job_type="script")
+good = sdk.Artifact("good", type="dataset"); good.add_file("ok.txt")
+run.log_artifact(good)
+bad = sdk.Artifact("bad", type="dataset"); bad.add_file("gone.txt")
+os.remove("gone.txt")
+run.log_artifact(bad)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert "gone.txt" in done.stderr and "failed" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sdk.Api().artifact("good:latest").version == "v0"
+    with pytest.raises(ArtifactNotFound):
+        sdk.Api().artifact("bad:latest")
