@@ -49,6 +49,11 @@ ROOT = 1
 PAGE = 1000
 #: Folders of staged copies no longer needed, being deleted in the background.
 TRASH_PREFIX = "trash-"
+#: Size a staging index's WAL file is cut back to when it starts over (see defer_checkpoints),
+#: and the size past which a checkpoint empties it even while changes keep coming (which holds
+#: changes up for ~80 ms at 32 MiB, ~180 ms at 128 MiB on the test machines).
+WAL_KEEP = 16 * 1024 * 1024
+WAL_CAP = 32 * 1024 * 1024
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 SCHEMA = """
@@ -69,6 +74,7 @@ CREATE TABLE IF NOT EXISTS base (path TEXT PRIMARY KEY, size INTEGER, digest TEX
                                  extra TEXT);
 """
 _COLUMNS = "id, parent, name, kind, size, mtime_ns, mode, digest, ref, extra"
+_SET_DIGEST = "UPDATE nodes SET digest=?, size=coalesce(?, size) WHERE id=? AND kind='local'"
 
 
 class StagingError(ArtfsError):
@@ -170,6 +176,30 @@ def add_pending(registry_url: str, parts: tuple[str, ...]) -> None:
     registry_root(registry_url).joinpath(*parts).mkdir(parents=True, exist_ok=True)
 
 
+def remove_pending(registry_url: str, parts: tuple[str, ...]) -> None:
+    """Undo the `mkdir` of a never-committed entity, project or artifact (the caller checked
+    the registry): ENOTEMPTY while an entity or project holds pending names, or an artifact's
+    staging area holds any file or folder. An artifact's area is renamed to a name no artifact
+    can have before it is deleted, so a crash midway leaves no half area behind."""
+    folder = registry_root(registry_url).joinpath(*parts)
+    if len(parts) < 3:
+        for trash in folder.glob(f"@{TRASH_PREFIX}*"):  # an artifact's removal cut short
+            shutil.rmtree(trash, ignore_errors=True)
+        os.rmdir(folder)  # ENOENT, or ENOTEMPTY while it holds pending names
+        return
+    if not (folder / "index.db").is_file():
+        raise OSError(errno.ENOENT, f"{'/'.join(parts)} is not a new artifact of this machine")
+    area = Staging(registry_url, *parts)
+    try:
+        if area.children(ROOT, limit=1):
+            raise OSError(errno.ENOTEMPTY, f"the staging folder of {area.what} is not empty")
+    finally:
+        area.close()
+    trash = folder.with_name(f"@{TRASH_PREFIX}{uuid.uuid4().hex}")
+    os.rename(folder, trash)
+    shutil.rmtree(trash)
+
+
 def _delete_in_background(folder: Path) -> None:
     threading.Thread(target=shutil.rmtree, args=(folder, True), daemon=True,
                      name="artfs-staging-trash").start()
@@ -182,12 +212,18 @@ def _now() -> int:
 class Staging:
     """One artifact's staging area. Not thread-safe: use one object per thread."""
 
-    def __init__(self, registry_url: str, entity: str, project: str, name: str) -> None:
+    def __init__(self, registry_url: str, entity: str, project: str, name: str, *,
+                 repair: bool = False) -> None:
+        """`repair` (`_repair`) only for the area's owner as it starts using it (`open_area`):
+        anyone else, such as `artfs diff` beside a mount copying files in, would take the
+        bytes file of a file being created for an orphan and delete it."""
         self.entity, self.project, self.name = entity, project, name
         self.what = f"{entity}/{project}/{name}"
         self.folder = registry_root(registry_url) / entity / project / name
         self.files = self.folder / "files"
         self.files.mkdir(parents=True, exist_ok=True)
+        #: Transactions committed through this object (a mount checkpoints areas that changed).
+        self.changes = 0
         self.db = sqlite3.connect(self.folder / "index.db", isolation_level=None,
                                   check_same_thread=False, timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -201,7 +237,8 @@ class Staging:
             if self.node(ROOT) is None:
                 self.db.execute(f"INSERT INTO nodes ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                                 (ROOT, 0, "", "dir", None, _now(), DIR_MODE, None, None, None))
-        self._repair()
+        if repair:
+            self._repair()
 
     def close(self) -> None:
         self.db.close()
@@ -215,6 +252,51 @@ class Staging:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+        self.changes += 1
+
+    def defer_checkpoints(self) -> None:
+        """Leave WAL checkpoints to `checkpoint`, which a mount runs on a worker thread: an
+        automatic one fsyncs the WAL and the database inside whichever change crosses its
+        threshold (every ~250 new files), on the mount's request loop. Measured during `cp -r`
+        of 10,000 files, the 99th percentile wait of another request fell from ~12 ms to
+        ~1.6 ms (the longest: ~80 ms at WAL_CAP, from ~20 ms; under load, inline checkpoints
+        stalled the loop for up to 0.6 s).
+
+        A checkpoint beside a stream of changes cannot catch up with the last of them, so the
+        WAL only starts over once the stream pauses: it grows by ~17 KiB per new file during
+        a `cp -r`, up to WAL_CAP (see `checkpoint`), and is cut back to WAL_KEEP afterwards."""
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self.db.execute(f"PRAGMA journal_size_limit={WAL_KEEP}")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database through a connection of its own, so that it can run
+        on another thread while this object's connection keeps changing the tree. Past WAL_CAP
+        it then empties the WAL, which holds up changes while it runs (the copy just made
+        leaves it little to copy; truncating the file and syncing take the time)."""
+        wal = self.folder / "index.db-wal"
+        # mode=rw: an area removed meanwhile (rmdir of a new artifact) must not be re-created.
+        # A short timeout: a reader of another process keeping an old snapshot (which blocks
+        # TRUNCATE) must not hold up this mount's changes for long; the next round tries again.
+        db = sqlite3.connect(f"{(self.folder / 'index.db').as_uri()}?mode=rw", uri=True,
+                             isolation_level=None, timeout=1)
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if wal.exists() and wal.stat().st_size > WAL_CAP:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            db.close()
+
+    def sync_tree(self) -> None:
+        """Make every committed change of the tree durable (changes are not synced one by one:
+        see `defer_checkpoints`), for a user's fsync. Any thread: no SQLite call."""
+        try:
+            fd = os.open(self.folder / "index.db-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return  # no WAL: everything is in the database, which checkpoints synced
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _repair(self) -> None:
         """Undo what a crash can leave: bytes without a row, a row whose bytes a commit moved
@@ -253,9 +335,10 @@ class Staging:
         return self.meta("initialized") is None
 
     def _touch(self) -> None:
-        """Mark the area as changed by the user (kept clean areas can follow `latest`)."""
-        if self.meta("dirty") != "1":
-            self.set_meta("dirty", "1")
+        """Mark the area as changed by the user (kept clean areas can follow `latest`). One
+        statement that writes nothing when the mark is already there."""
+        self.db.execute("INSERT INTO meta VALUES ('dirty', '1') ON CONFLICT (key) DO UPDATE"
+                        " SET value='1' WHERE value IS NOT '1'")
 
     @property
     def dirty(self) -> bool:
@@ -337,20 +420,35 @@ class Staging:
     def create_open(self, parent: int, name: str, mode: int = FILE_MODE) -> tuple[Node, int]:
         """`create_file`, also returning a read-write descriptor of the new bytes file: a mount
         creating 10,000 small files saves opening each one a second time. The digest starts
-        unknown, so a writer that dies before recording one leaves nothing false behind."""
-        with self.transaction():
-            self._free(parent, name)
-            cur = self.db.execute(
-                "INSERT INTO nodes (parent, name, kind, size, mtime_ns, mode, digest)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (parent, name, "local", 0, _now(), mode & 0o7777, None))
-            node_id = cur.lastrowid
-            assert node_id is not None
-            fd = os.open(self.file(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            self._touch()
-        node = self.node(node_id)
-        assert node is not None
-        return node, fd
+        unknown, so a writer that dies before recording one leaves nothing false behind.
+
+        Four SQLite statements (`cp -r` of small files is bound by per-file costs): the
+        parent's existence and the name's uniqueness are checked by the insert itself."""
+        now, mode = _now(), mode & 0o7777
+        fd = -1
+        try:
+            with self.transaction():
+                try:
+                    cur = self.db.execute(
+                        "INSERT INTO nodes (parent, name, kind, size, mtime_ns, mode)"
+                        " SELECT ?, ?, 'local', 0, ?, ? WHERE EXISTS"
+                        " (SELECT 1 FROM nodes WHERE id=? AND kind='dir')",
+                        (parent, name, now, mode, parent))
+                except sqlite3.IntegrityError:
+                    raise OSError(errno.EEXIST, f"{self.what}/{self.path(parent)}/{name} "
+                                  "exists") from None
+                if cur.rowcount == 0:
+                    raise OSError(errno.ENOENT, f"staging of {self.what}: folder {parent} is "
+                                  "gone")
+                node_id = cur.lastrowid
+                assert node_id is not None
+                fd = os.open(self.file(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                self._touch()
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        return Node(node_id, parent, name, "local", 0, now, mode, None, None, None), fd
 
     def mkdir(self, parent: int, name: str, mode: int = DIR_MODE) -> Node:
         with self.transaction():
@@ -457,11 +555,17 @@ class Staging:
         return new
 
     def set_digest(self, node_id: int, digest: str | None, size: int | None = None) -> None:
-        """Record (or forget, with None) the SHA-256 of a local file's current bytes."""
+        """Record (or forget, with None) the SHA-256 of a local file's current bytes, after a
+        change of them."""
         with self.transaction():
-            self.db.execute("UPDATE nodes SET digest=?, size=coalesce(?, size) WHERE id=?"
-                            " AND kind='local'", (digest, size, node_id))
+            self.db.execute(_SET_DIGEST, (digest, size, node_id))
             self._touch()
+
+    def record_digest(self, node_id: int, digest: str | None, size: int | None = None) -> None:
+        """`set_digest` for bytes whose change was already recorded (a writer closing the file
+        it changed): one statement, its own transaction."""
+        self.db.execute(_SET_DIGEST, (digest, size, node_id))
+        self.changes += 1
 
     def set_attrs(self, node_id: int, *, mode: int | None = None,
                   mtime_ns: int | None = None) -> None:
@@ -586,7 +690,7 @@ class Staging:
 def open_area(registry: Registry, entity: str, project: str, name: str) -> Staging:
     """The artifact's staging area, filled from its latest version the first time (and again
     whenever it was left clean while another writer committed a newer version)."""
-    area = Staging(registry.url, entity, project, name)
+    area = Staging(registry.url, entity, project, name, repair=True)
     try:
         latest = latest_version(registry, entity, project, name)
         if area.is_new or (not area.dirty and latest is not None

@@ -248,3 +248,71 @@ def test_readdir_of_a_large_folder_is_complete_and_paged(mount, commit_tree) -> 
     names = os.listdir(m.artifact("big") / "v0" / "many")
     assert len(names) == len(set(names)) == 3000
     assert sorted(names) == [f"f{i:05d}.txt" for i in range(3000)]
+
+
+@local_only
+def test_listing_attributes_equal_lookup_attributes(log_files, mount) -> None:
+    """readdirplus fills the kernel's attribute cache; it must agree with lookup/getattr."""
+    log_files("ds", {**FILES, "empty.txt": b""})
+    m = mount()
+    v0 = m.artifact("ds") / "v0"
+
+    def stat_of(path: str) -> tuple[int, ...]:
+        st = os.lstat(path)
+        return (st.st_ino, st.st_mode, st.st_nlink, st.st_size, st.st_blocks, st.st_mtime_ns,
+                st.st_uid)
+
+    paths = [os.path.join(d, n) for d, dirs, files in os.walk(v0) for n in [*dirs, *files]]
+    assert len(paths) == 9  # 5 files; folders images, deep, deep/a, deep/a/b
+    listed = [stat_of(p) for p in paths]  # the kernel has them from the listings
+    Path("/proc/sys/vm/drop_caches").write_text("2\n")  # forget them: stat now looks up
+    assert [stat_of(p) for p in paths] == listed
+    assert os.stat(v0 / "deep").st_nlink == 3  # its entry, its ".", and the ".." of a/
+
+
+@local_only
+def test_xattrs_outside_the_user_namespace_are_not_supported(log_files, mount) -> None:
+    """`ls -l` asks every file for its SELinux label and ACL; "not supported" (not "no such
+    attribute") makes it stop asking, so `ls -lR` does not cost two round trips per file."""
+    log_files("ds", FILES)
+    m = mount()
+    f = m.artifact("ds") / "v0" / "model.h5"
+    for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+        with pytest.raises(OSError) as e:
+            os.getxattr(f, name)
+        assert e.value.errno == errno.EOPNOTSUPP
+    with pytest.raises(OSError) as e:
+        os.getxattr(f, "user.other")
+    assert e.value.errno == errno.ENODATA
+    ls = subprocess.run(["ls", "-lR", m.artifact("ds")], capture_output=True, text=True,
+                        check=True)
+    assert "model.h5" in ls.stdout and not ls.stderr
+
+
+@local_only
+def test_a_blob_changed_under_an_open_file_is_eio_not_a_crash(tmp_path: Path, log_files, mount,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """Local files are served from a memory mapping: a blob truncated while open must fail
+    that read with EIO (a careless mapping access would kill the mount with SIGBUS)."""
+    url = str(tmp_path / "local-registry")
+    monkeypatch.setenv("ARTFS_REGISTRY", url)
+    data = os.urandom(4 * 1024 * 1024)
+    log_files("ds", {"big.bin": data, "other.bin": b"other"})
+    reg = Registry(url)
+    v = reg.version(ArtifactRef("tester", "uncategorized", "ds", "v0"))
+    blob = reg.blob_file("tester", reg.manifest(v)["big.bin"].digest)
+    m = mount()
+    v0 = m.artifact("ds") / "v0"
+    fd = os.open(v0 / "big.bin", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 0) == data[:4096]
+        os.chmod(blob, 0o644)
+        os.truncate(blob, 1024 * 1024)
+        with pytest.raises(OSError) as e:
+            os.pread(fd, 4096, 3 * 1024 * 1024)
+        assert e.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+    assert (v0 / "other.bin").read_bytes() == b"other"
+    assert os.path.ismount(m.root) and "big.bin" in m.log_text()

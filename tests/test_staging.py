@@ -191,7 +191,7 @@ def test_crash_after_moving_bytes_into_the_registry_is_repaired(reg) -> None:
     area.set_digest(node.id, digest, 3)
     reg.put_blob_files(E, [(digest, area.file(node.id))], move=True)  # then the process died
     area.close()
-    repaired = Staging(reg.url, E, P, "fresh")
+    repaired = staging.open_area(reg, E, P, "fresh")
     n = repaired.tree()["a.bin"]
     assert (n.kind, n.digest, n.size) == ("base", digest, 3)
 
@@ -213,3 +213,25 @@ def test_clean_area_follows_a_version_committed_elsewhere(reg, tmp_path) -> None
     _log(reg, "m", {"only.txt": b"only"}, tmp_path / "b")
     area = staging.open_area(reg, E, P, "m")
     assert sorted(area.tree()) == ["only.txt"] and area.base_version == 1
+
+
+def test_deferred_checkpoints_copy_the_wal_and_empty_it_past_the_cap(
+        reg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mount checkpoints on a worker thread (`checkpoint`) instead of inside a change."""
+    area = Staging(reg.url, E, P, "wal")
+    area.defer_checkpoints()
+    wal = area.folder / "index.db-wal"
+    for i in range(600):
+        area.create_file(ROOT, f"f{i}")
+    grown = wal.stat().st_size
+    assert grown > 1100 * 4096  # by default a change checkpoints past 1,000 pages
+    area.checkpoint()
+    assert wal.stat().st_size == grown  # copied, kept: the next change starts it over
+    monkeypatch.setattr(staging, "WAL_CAP", 4096)
+    area.create_file(ROOT, "last")
+    area.checkpoint()
+    assert wal.stat().st_size == 0
+    again = Staging(reg.url, E, P, "wal")
+    assert len(again.children(ROOT)) == 601
+    again.close()
+    area.close()

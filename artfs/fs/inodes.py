@@ -140,10 +140,11 @@ class InodeTable:
         return self._views[slot], row
 
     # -- lookup counts -----------------------------------------------------------------------
-    def remember(self, inode: int) -> None:
-        """The kernel took one more reference (a lookup or readdirplus entry)."""
+    def remember(self, inode: int, count: int = 1) -> None:
+        """The kernel took `count` more references (lookups or readdirplus entries) to inodes
+        of `inode`'s slot."""
         slot = inode >> SLOT_SHIFT
-        self._lookups[slot] = self._lookups.get(slot, 0) + 1
+        self._lookups[slot] = self._lookups.get(slot, 0) + count
 
     def forget(self, inode: int, count: int) -> int | None:
         """Release `count` references; returns the slot when its last reference went."""

@@ -2,7 +2,8 @@
 
 - Stored file, local registry: read in place from the registry's blob file (no second copy).
   Before the first byte is served the whole blob is hashed once; the result is kept in the
-  shared hash table keyed by the blob file's stat, so reopening costs one `stat`.
+  shared hash table keyed by the blob file's stat, so reopening costs one `stat`. Local files
+  are served from a memory mapping (`LocalHandle`).
 - Stored file, remote registry: a verified whole blob in the shared cache when there is one.
   Otherwise blobs up to `WHOLE_FETCH_MAX` are fetched whole and verified before the first byte
   is served; larger ones are fetched lazily in blocks (`PartialBlob`) with sequential prefetch
@@ -11,19 +12,24 @@
   against the recorded SHA-256 when there is one.
 
 Every blocking call (disk, network, hashing) runs on a worker thread under one
-`trio.CapacityLimiter`, so the FUSE request loop is never blocked by a slow file.
+`trio.CapacityLimiter` (short local-disk calls through `Reader.quick`), so the FUSE request loop
+is never blocked by a slow file.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import hashlib
 import json
 import logging
+import mmap
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -32,6 +38,9 @@ from ..errors import ArtfsError
 from ..manifest import Entry
 from ..registry import Registry
 from .tree import Row, TTLCache
+
+if TYPE_CHECKING:
+    import outcome
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,11 @@ STREAM_CHUNK = 2 * MiB
 STREAM_IDLE_S = 10.0
 #: Kernel read requests are at most 1 MiB (256 pages); buffers of that size are reused.
 BUFFER_SIZE = 1 * MiB
+#: Short local-disk calls (`Reader.quick`) running at once outside the shared limiter; more
+#: than this wait for the limiter like any blocking call.
+QUICK_THREADS = 16
+#: madvise(2): fault a range of a mapping in, reading from disk where needed (Linux 5.14).
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 
 T = TypeVar("T")
 
@@ -92,6 +106,62 @@ class BufferPool:
             self._free.append(buf)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's `Py_buffer` (stable ABI): ctypes gives addresses of writable buffers only."""
+
+    _fields_ = (("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int),
+                ("ndim", ctypes.c_int), ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p),
+                ("strides", ctypes.c_void_p), ("suboffsets", ctypes.c_void_p),
+                ("internal", ctypes.c_void_p))
+
+
+def _address(buffer: mmap.mmap) -> int:
+    view = _PyBuffer()
+    ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(buffer), ctypes.byref(view), 0)
+    ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
+    return view.buf or 0
+
+
+def _populate(addr: int, length: int) -> None:
+    """Make a mapped range resident, reading it from disk if needed. Through ctypes, which
+    releases the GIL: `mmap.madvise` holds it, so a disk read there would stall the FUSE loop."""
+    if _libc.madvise(addr, length, MADV_POPULATE_READ) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class Mapped:
+    """A read-only shared mapping of a whole local file; None from `open` where the file is
+    empty or cannot be mapped."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.map = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        self.size = size
+        self.addr = _address(self.map)
+
+    @classmethod
+    def open(cls, fd: int) -> Mapped | None:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return None
+        try:
+            return cls(fd, size)
+        except (OSError, ValueError) as e:
+            log.debug("cannot map fd %d (%s): reading with pread", fd, e)
+            return None
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except BufferError:
+            pass  # a view is still alive somewhere: the mapping goes with the last of them
+
+
 class Handle:
     """One open file."""
 
@@ -108,16 +178,43 @@ class Handle:
 
 
 class LocalHandle(Handle):
-    """Reads from a local file already verified: a registry blob or a cached blob."""
+    """Reads from a local file already verified: a registry blob or a cached blob.
 
-    def __init__(self, reader: Reader, where: str, fd: int) -> None:
+    The file is mapped; a read makes its pages resident on a worker thread, then returns a view
+    of the mapping, so pyfuse3's reply copies straight from the page cache: one copy per byte
+    instead of two through a buffer (1 GiB, page cache warm: ~0.45 instead of ~0.75 CPU-seconds
+    in the mount, ~1.5x the throughput). The reply, on the trio thread, finds the pages mapped:
+    reclaim keeps a page referenced microseconds before (only under extreme memory pressure
+    could one go and be read back there). The views are for the reply only, where the kernel
+    reads them: Python code reading one of a blob truncated meanwhile would die of SIGBUS.
+    """
+
+    def __init__(self, reader: Reader, where: str, fd: int, mapped: Mapped | None) -> None:
         super().__init__(reader, where)
         self.fd = fd
+        self.mapped = mapped
 
     async def read(self, off: int, size: int) -> memoryview | bytes:
-        return await self.reader.pread(self.fd, off, size)
+        m = self.mapped
+        if m is None or not self.reader.can_populate:
+            return await self.reader.pread(self.fd, off, size)
+        end = min(off + size, m.size)
+        if end <= off:
+            return b""
+        start = off - off % mmap.PAGESIZE
+        try:
+            await self.reader.quick(_populate, m.addr + start, end - start)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            log.info("madvise(MADV_POPULATE_READ) unsupported (%s): reading with pread", e)
+            self.reader.can_populate = False
+            return await self.reader.pread(self.fd, off, size)
+        return memoryview(m.map)[off:end]
 
     def close(self) -> None:
+        if self.mapped is not None:
+            self.mapped.close()
         os.close(self.fd)
 
 
@@ -448,14 +545,37 @@ class Reader:
         self._single = TTLCache(0.0)
         self._partials: dict[str, PartialBlob] = {}
         self._unchecked_refs: dict[str, Path] = {}
+        self._quick = 0
+        #: False once the kernel refused MADV_POPULATE_READ (before Linux 5.14): pread instead.
+        self.can_populate = True
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter,
                                              abandon_on_cancel=True)
 
+    async def quick(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a short local-disk call on trio's cached worker threads. Skipping the limiter
+        and context copy of `trio.to_thread` saves ~50 us per call, a tenth of serving 1 MiB.
+        Not cancellable: it is bounded by a local disk read."""
+        if self._quick >= QUICK_THREADS:
+            return await self.blocking(fn, *args)
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[T]) -> None:
+            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        self._quick += 1
+        try:
+            trio.lowlevel.start_thread_soon(functools.partial(fn, *args), deliver)
+            return await trio.lowlevel.wait_task_rescheduled(
+                lambda _: trio.lowlevel.Abort.FAILED)
+        finally:
+            self._quick -= 1
+
     async def pread(self, fd: int, off: int, size: int) -> memoryview | bytes:
         buf = self.pool.take(size)
-        n = await self.blocking(os.preadv, fd, [memoryview(buf)[:size]], off)
+        n = await self.quick(os.preadv, fd, [memoryview(buf)[:size]], off)
         self.pool.give(buf)  # safe: see BufferPool
         return memoryview(buf)[:n]
 
@@ -472,8 +592,16 @@ class Reader:
             raise Unreadable(str(e) or type(e).__name__) from e
 
     async def _open_local(self, path: Path, where: str) -> LocalHandle:
-        fd = await self.blocking(os.open, path, os.O_RDONLY)
-        return LocalHandle(self, where, fd)
+        def open_mapped() -> tuple[int, Mapped | None]:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                return fd, Mapped.open(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+
+        fd, mapped = await self.blocking(open_mapped)
+        return LocalHandle(self, where, fd, mapped)
 
     async def _open_blob(self, entity: str, digest: str, size: int, where: str) -> Handle:
         key = Registry.blob_key(entity, digest)

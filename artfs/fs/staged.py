@@ -18,7 +18,10 @@ import fcntl
 import hashlib
 import logging
 import os
+import queue
+import sqlite3
 import stat
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import outcome
 import pyfuse3
 import trio
 
@@ -60,6 +64,9 @@ INLINE_WRITE_MAX = 64 * 1024
 PIPELINE_MIN = 256 * 1024
 #: Writes queued for hashing per file: bounds the memory held by a writer far ahead of it.
 PIPELINE_DEPTH = 16
+#: How often the WAL of an area changed meanwhile is copied into its database (on a worker
+#: thread; see `Staging.defer_checkpoints`).
+CHECKPOINT_S = 1.0
 #: Replies to staging commands kept for the CLI to read (each is read right after it is made).
 KEPT_REPLIES = 64
 #: Copy-up of a remote file reads it through the reader in pieces of this size.
@@ -72,49 +79,90 @@ Attrs = Callable[..., pyfuse3.EntryAttributes]
 class RunningHash:
     """SHA-256 of a file's bytes as they are written in order from offset 0.
 
-    Small writes are hashed on the thread that writes them. From the first large write on,
-    hashing moves to its own task, fed in order through a bounded channel, so it runs beside
-    the next writes instead of after each one (cp of 1 GiB: ~2.0 s hashing in line, ~1.4 s
-    with no hashing at all; see bench/bench_staging.py for the pipelined figure).
+    Small writes are hashed by the thread that writes them. From the first large write on, the
+    file gets two threads of its own: a writer, which writes each chunk and hands it on, and a
+    hasher, which hashes it while the next chunks are written. Compared with a `trio.to_thread`
+    hop per write and another per hashed chunk, this wakes the trio loop once per write, not
+    twice: measured, ~10% less CPU in the mount for `cp` of 256 MiB, and writes of 1 MiB driven
+    straight at the handlers took 0.7 ms each instead of 1.5 (the hashing now overlaps).
     """
 
     def __init__(self) -> None:
         self.sha = hashlib.sha256()
         self.length = 0
-        self._send: trio.MemorySendChannel[bytes | trio.Event] | None = None
+        #: Set when the threads start (most files are small and never need them).
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._jobs: queue.SimpleQueue[tuple[trio.lowlevel.Task, int, bytes, int] | None]
+        self._chunks: queue.SimpleQueue[bytes | Callable[[], None] | None]
+        #: Chunks written and not yet hashed: bounds the memory a writer far ahead can hold.
+        self._room: threading.Semaphore
+        self._closed = False
 
     def inline(self, size: int) -> bool:
-        """Whether a write of `size` bytes is hashed by the writing thread itself."""
-        return self._send is None and size < PIPELINE_MIN
+        """Whether a write of `size` bytes is hashed by the thread that writes it."""
+        return self._token is None and size < PIPELINE_MIN
 
-    async def feed(self, data: bytes, nursery: trio.Nursery,
-                   limiter: trio.CapacityLimiter) -> None:
-        if self._send is None:
-            self._send, recv = trio.open_memory_channel[bytes | trio.Event](PIPELINE_DEPTH)
-            nursery.start_soon(self._consume, recv, limiter)
-        self.length += len(data)
-        await self._send.send(data)
+    async def write(self, fd: int, buf: bytes, off: int) -> int:
+        """pwrite on the file's writer thread, which queues the bytes for the hasher."""
+        assert not self._closed  # a dropped hash is replaced, never written through
+        if self._token is None:
+            self._jobs, self._chunks = queue.SimpleQueue(), queue.SimpleQueue()
+            self._room = threading.Semaphore(PIPELINE_DEPTH)
+            self._token = trio.lowlevel.current_trio_token()
+            trio.lowlevel.start_thread_soon(self._write_loop, _ignore, name="artfs-write")
+            trio.lowlevel.start_thread_soon(self._hash_loop, _ignore, name="artfs-hash")
+        self._jobs.put((trio.lowlevel.current_task(), fd, buf, off))
+        # Not cancellable: the pwrite runs to its end whatever happens to the request.
+        return await trio.lowlevel.wait_task_rescheduled(
+            lambda _: trio.lowlevel.Abort.FAILED)
 
-    async def _consume(self, recv: trio.MemoryReceiveChannel[bytes | trio.Event],
-                       limiter: trio.CapacityLimiter) -> None:
-        async with recv:
-            async for item in recv:
-                if isinstance(item, trio.Event):
-                    item.set()  # everything sent before it is hashed
-                else:
-                    await trio.to_thread.run_sync(self.sha.update, item, limiter=limiter)
+    def _write_loop(self) -> None:
+        assert self._token is not None
+        while (job := self._jobs.get()) is not None:
+            task, fd, buf, off = job
+            self._token.run_sync_soon(trio.lowlevel.reschedule, task,
+                                      outcome.capture(self._write, fd, buf, off))
+
+    def _write(self, fd: int, buf: bytes, off: int) -> int:
+        n = os.pwrite(fd, buf, off)
+        self._room.acquire()  # waits while the hasher is PIPELINE_DEPTH chunks behind
+        self._chunks.put(buf[:n] if n < len(buf) else buf)
+        return n
+
+    def _hash_loop(self) -> None:
+        while (item := self._chunks.get()) is not None:
+            if isinstance(item, bytes):
+                self.sha.update(item)
+                self._room.release()
+            else:
+                item()
 
     def abandon(self) -> None:
-        if self._send is not None:
-            self._send.close()
+        """Stop the threads (after the chunks already queued); called with no write running."""
+        if self._token is not None and not self._closed:
+            self._jobs.put(None)
+            self._chunks.put(None)
+        self._closed = True
 
     async def hexdigest(self) -> str:
-        """The digest of everything fed so far; hashing can go on afterwards."""
-        if self._send is not None:
-            caught_up = trio.Event()
-            await self._send.send(caught_up)
-            await caught_up.wait()
-        return self.sha.hexdigest()
+        """The digest of everything written so far; hashing can go on afterwards."""
+        if self._token is None:
+            return self.sha.hexdigest()
+        done = trio.Event()
+        out: list[str] = []
+
+        def caught_up() -> None:  # on the hasher, after every chunk queued before it
+            out.append(self.sha.hexdigest())
+            assert self._token is not None
+            self._token.run_sync_soon(done.set)
+
+        self._chunks.put(caught_up)
+        await done.wait()
+        return out[0]
+
+
+def _ignore(_: object) -> None:
+    """What `start_thread_soon` delivers when a file's thread ends: nothing to report."""
 
 
 class OpenFile:
@@ -162,6 +210,11 @@ class AreaState:
     committing: trio.Event | None = None
 
 
+def _fsync(fd: int, area: Staging) -> None:
+    os.fsync(fd)
+    area.sync_tree()
+
+
 def _write_and_hash(fd: int, buf: bytes, off: int, hasher: Any) -> int:
     n = os.pwrite(fd, buf, off)
     if hasher is not None:
@@ -184,6 +237,9 @@ class StagedFS:
         self._loading = TTLCache(0.0)
         self.owner = self._claim_staging()
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._checkpointing = False
+        #: Areas of new artifacts removed by `rmdir`: ENOENT, not re-created, until a `mkdir`.
+        self._removed: set[int] = set()
 
     def _claim_staging(self) -> str | None:
         """Take this machine's staging areas of the registry; None when we have them, else who
@@ -217,15 +273,65 @@ class StagedFS:
     async def state(self, area: StagingArea) -> AreaState:
         st = self._areas.get(area.slot)
         if st is None:
+            if area.slot in self._removed:
+                raise pyfuse3.FUSEError(errno.ENOENT)
             st = await self._loading.get(area.slot, lambda: self.blocking(self._load, area))
             self._areas[area.slot] = st
+            if not self._checkpointing:
+                self._checkpointing = True
+                self.reader.nursery.start_soon(self._checkpoints)
         return st
 
     def _load(self, area: StagingArea) -> AreaState:
         existing = self._areas.get(area.slot)
         if existing is not None:
             return existing
-        return AreaState(staging.open_area(self.registry, area.entity, area.project, area.name))
+        st = AreaState(staging.open_area(self.registry, area.entity, area.project, area.name))
+        st.staging.defer_checkpoints()
+        return st
+
+    async def _checkpoints(self) -> None:
+        """Checkpoint every area that changed since the last round, one at a time, off the
+        request loop. A failure is logged: the WAL then keeps the changes until the next."""
+        done: dict[int, int] = {}
+        while True:
+            await trio.sleep(CHECKPOINT_S)
+            for slot, st in list(self._areas.items()):
+                if done.get(slot) == st.staging.changes or self._areas.get(slot) is not st:
+                    continue  # unchanged, or removed by rmdir meanwhile
+                done[slot] = st.staging.changes
+                try:
+                    await self.blocking(st.staging.checkpoint)
+                except (sqlite3.Error, OSError) as e:
+                    log.warning("checkpoint of the staging index of %s failed: %s",
+                                st.staging.what, e)
+
+    async def new_area(self, area: StagingArea) -> None:
+        """`mkdir` of a new artifact: create its empty staging area (again, after an rmdir)."""
+        self._check_owner(area)
+        self._removed.discard(area.slot)
+        await self.state(area)
+
+    async def remove_new_area(self, area: StagingArea) -> None:
+        """`rmdir` of a new artifact (the caller checked that the registry does not know it):
+        its staging area goes too, ENOTEMPTY while it holds anything."""
+        self._check_owner(area)
+        st = self._areas.get(area.slot)
+        if st is not None:
+            await self._idle(st)
+            if st.staging.children(ROOT, limit=1):
+                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+            if st.open_files:  # files removed while open: their handles need the area
+                raise pyfuse3.FUSEError(errno.EBUSY)
+            del self._areas[area.slot]
+            st.staging.close()
+        self._removed.add(area.slot)
+        try:
+            await self.blocking(staging.remove_pending, self.registry.url,
+                                (area.entity, area.project, area.name))
+        except OSError as e:
+            self._removed.discard(area.slot)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
 
     def exists_on_disk(self, entity: str, project: str, name: str) -> bool:
         root = staging.registry_root(self.registry.url)
@@ -275,8 +381,18 @@ class StagedFS:
         return self.attrs(area, st, node)
 
     async def getattr(self, area: StagingArea, node_id: int) -> pyfuse3.EntryAttributes:
-        st, node = await self.node(area, node_id)
-        return self.attrs(area, st, node)
+        st = await self.state(area)
+        node = st.staging.node(node_id)
+        if node is not None:
+            return self.attrs(area, st, node)
+        # Removed while open: it keeps working through its descriptor, as on a local disk
+        # (the kernel asks for attributes before reading once they are older than the TTL).
+        of = st.open_files.get(node_id)
+        if of is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        s = os.fstat(of.fd)
+        return self.make_attrs(self.inode(area, node_id), stat.S_IFREG | staging.FILE_MODE,
+                               s.st_size, s.st_mtime_ns, STAGING_TTL_S)
 
     async def readdir(self, area: StagingArea, node_id: int, start: int,
                       token: pyfuse3.ReaddirToken) -> None:
@@ -482,23 +598,23 @@ class StagedFS:
             if run is not None and off != run.length:
                 of.drop_hash()
                 run = None
-            inline = run is not None and run.inline(len(buf))
-            hasher = run.sha if run is not None and inline else None
-            if len(buf) <= INLINE_WRITE_MAX:
-                n = _write_and_hash(of.fd, buf, off, hasher)
+            if run is not None and not run.inline(len(buf)):
+                n = await run.write(of.fd, buf, off)
             else:
-                n = await self.blocking(_write_and_hash, of.fd, buf, off, hasher)
-            if run is not None:
-                if inline:
-                    run.length += n
+                hasher = run.sha if run is not None else None
+                if len(buf) <= INLINE_WRITE_MAX:
+                    n = _write_and_hash(of.fd, buf, off, hasher)
                 else:
-                    await run.feed(buf[:n] if n < len(buf) else buf, self.reader.nursery,
-                                   self.limiter)
+                    n = await self.blocking(_write_and_hash, of.fd, buf, off, hasher)
+            if run is not None:
+                run.length += n
         return n
 
     async def fsync(self, handle: FileHandle) -> None:
+        """The file's bytes, and the tree that names them (its WAL), reach the disk."""
         if handle.local is not None:
-            await self.blocking(os.fsync, handle.local.fd)
+            st = self._areas[handle.area.slot]
+            await self.blocking(_fsync, handle.local.fd, st.staging)
 
     async def flush(self, handle: FileHandle) -> None:
         """At every close(): record the digest of a file written in order. Done here rather
@@ -513,7 +629,7 @@ class StagedFS:
             size = os.fstat(of.fd).st_size
             run = of.hash
             digest = await run.hexdigest() if run and run.length == size else None
-            st.staging.set_digest(of.node_id, digest, size)
+            st.staging.record_digest(of.node_id, digest, size)
             of.changed = False
 
     async def release(self, handle: FileHandle) -> None:

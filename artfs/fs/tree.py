@@ -136,15 +136,14 @@ class VersionIndex:
         ).fetchone()
         return Row(*r) if r else None
 
-    def children(self, parent: int, after: int, limit: int = READDIR_PAGE) -> list[Row]:
-        """Children in id order; ids never change, so `after` is a stable readdir offset."""
-        return [
-            Row(*r)
-            for r in self.db.execute(
-                f"SELECT {_COLUMNS} FROM nodes WHERE parent=? AND id>? ORDER BY id LIMIT ?",
-                (parent, after, limit),
-            )
-        ]
+    def listing(self, parent: int, after: int,
+                limit: int = READDIR_PAGE) -> list[tuple[int, str, int, int | None, int]]:
+        """(id, name, is_dir, size, subdirs) of children in id order: just what readdir
+        replies with, as plain tuples (full `Row`s cost ~0.2 s more per 100,000 entries). Ids
+        never change, so `after` is a stable readdir offset."""
+        return self.db.execute(
+            "SELECT id, name, is_dir, size, subdirs FROM nodes WHERE parent=? AND id>? "
+            "ORDER BY id LIMIT ?", (parent, after, limit)).fetchall()
 
     def close(self) -> None:
         self.db.close()
