@@ -8,8 +8,6 @@ last use for least-recently-used eviction down to the configured size.
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -17,7 +15,7 @@ from pathlib import Path
 
 from .errors import IntegrityError
 from .hashing import hash_file
-from .sqlite import connect_shared
+from .sqlite import SharedDB
 
 #: Touching a blob's last-use time at most this often keeps hot reads off SQLite.
 TOUCH_INTERVAL_S = 60.0
@@ -31,20 +29,9 @@ class BlobCache:
         self.limit = limit
         (root / "blobs").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._db = SharedDB(root / "index.db", "CREATE TABLE IF NOT EXISTS blobs"
+                            " (digest TEXT PRIMARY KEY, size INTEGER, last_used REAL)")
         self._touched: dict[str, float] = {}
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = connect_shared(
-                self.root / "index.db",
-                "CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, size INTEGER,"
-                " last_used REAL)",
-            )
-            self._local.db = db
-        return db
 
     def path(self, digest: str) -> Path:
         return self.root / "blobs" / digest[:2] / digest
@@ -131,17 +118,9 @@ class BlobCache:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(tmp, final)
             rows.append((digest, len(data), time.time()))
-        if not rows:
-            return
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("INSERT OR REPLACE INTO blobs VALUES (?,?,?)", rows)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        self.evict()
+        if rows:
+            self._db.write_many("INSERT OR REPLACE INTO blobs VALUES (?,?,?)", rows)
+            self.evict()
 
     def usage(self) -> tuple[int, int]:
         """(number of blobs, bytes) currently recorded."""

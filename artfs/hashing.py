@@ -9,15 +9,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import sqlite3
 import stat
-import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import FileChangedError, SourceError
-from .sqlite import connect_shared
+from .sqlite import SharedDB
 
 #: 1 MiB reads: large enough that per-call overhead vanishes, small enough to stay in L2/L3.
 CHUNK = 1024 * 1024
@@ -173,21 +171,9 @@ class HashCache:
     """
 
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db_path = db_path
-        self._local = threading.local()
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = connect_shared(
-                self._db_path,
-                "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER,"
-                " mtime_ns INTEGER, ino INTEGER, ctime_ns INTEGER, digest TEXT)",
-            )
-            self._local.db = db
-        return db
+        self._db = SharedDB(db_path, "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY,"
+                            " size INTEGER, mtime_ns INTEGER, ino INTEGER, ctime_ns INTEGER,"
+                            " digest TEXT)")
 
     def lookup(self, items: Iterable[tuple[str, tuple[int, int, int, int]]]) -> dict[str, str]:
         """Digests of the given (absolute path, stat key) pairs whose stat key is unchanged.
@@ -215,16 +201,8 @@ class HashCache:
         return found
 
     def record(self, items: Iterable[tuple[str, os.stat_result, str]]) -> None:
-        rows = [(p, *stat_key(st), d) for p, st, d in items]
-        if rows:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?)", rows)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        self._db.write_many("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?)",
+                            [(p, *stat_key(st), d) for p, st, d in items])
 
     def hash(self, path: Path) -> str:
         """Digest of `path`, from the table when its stat is unchanged, else by reading it."""

@@ -17,13 +17,11 @@ re-reading manifests.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sqlite import connect_shared
+from .sqlite import SharedDB
 
 #: Files up to this size are packed. Larger ones are few per log and cost a request each anyway.
 PACK_BLOB_MAX = 256 * 1024
@@ -84,32 +82,14 @@ class PackIndex:
     """SQLite table (registry, entity, digest) → pack location, shared by this user's processes."""
 
     def __init__(self, db_path: Path) -> None:
-        self._db_path = db_path
-        self._local = threading.local()
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = connect_shared(
-                self._db_path,
-                "CREATE TABLE IF NOT EXISTS locs (registry TEXT, entity TEXT, digest TEXT,"
-                " pack TEXT, offset INTEGER, size INTEGER, PRIMARY KEY (registry, entity, digest))",
-            )
-            self._local.db = db
-        return db
+        self._db = SharedDB(db_path, "CREATE TABLE IF NOT EXISTS locs (registry TEXT, entity TEXT,"
+                            " digest TEXT, pack TEXT, offset INTEGER, size INTEGER,"
+                            " PRIMARY KEY (registry, entity, digest))")
 
     def record(self, registry: str, entity: str, locs: Iterable[tuple[str, PackLoc]]) -> None:
-        rows = [(registry, entity, d, loc.pack, loc.offset, loc.size) for d, loc in locs]
-        if rows:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany("INSERT OR IGNORE INTO locs VALUES (?,?,?,?,?,?)", rows)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        self._db.write_many("INSERT OR IGNORE INTO locs VALUES (?,?,?,?,?,?)",
+                            [(registry, entity, d, loc.pack, loc.offset, loc.size)
+                             for d, loc in locs])
 
     def lookup(self, registry: str, entity: str, digests: Iterable[str]) -> dict[str, PackLoc]:
         wanted = list(dict.fromkeys(digests))

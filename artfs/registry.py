@@ -529,7 +529,9 @@ class Registry:
 
         def load(src: Source) -> tuple[Source, bytes, str, os.stat_result]:
             small = read_small(src.file)
-            assert small is not None  # sources here are at most PACK_BLOB_MAX bytes
+            if small is None:  # it was at most PACK_BLOB_MAX bytes when added
+                raise FileChangedError(f"source file {src.file} (entry {src.path}) changed "
+                                       "after it was added")
             data, digest, st = small
             _check_unchanged(src, st)
             return src, data, digest, st
@@ -690,30 +692,39 @@ class Registry:
 
         `what` (e.g. "entry x of e/p/n:v1") goes into error messages.
         """
-        key = self.blob_key(entity, digest)
         where = f" ({what})" if what else ""
-        loc = self._pack_loc(entity, digest)
-        if loc is not None:
-            return self._packed_blob_file(entity, digest, loc, where)
         if self._local is not None:
-            path = self._local.local_path(key)
+            path = self._local.local_path(self.blob_key(entity, digest))
             assert path is not None
             if not path.exists():
                 raise IntegrityError(f"blob {digest}{where} is missing from registry {self.url}")
             return path
+        loc = self._pack_loc(entity, digest)
+        if loc is None:
+            missing = f"blob {digest}"
+            key = self.blob_key(entity, digest)
+
+            def fetch(tmp: Path) -> str:
+                return self.store.get_file_hashed(key, tmp)
+        else:
+            missing = f"pack {loc.pack} holding blob {digest}"
+            key = self.pack_key(entity, loc.pack)
+
+            def fetch(tmp: Path) -> str:
+                data = self.store.get_range(key, loc.offset, loc.size)
+                tmp.write_bytes(data)
+                return hash_bytes(data)
         try:
-            path = self.cache.fill_hashed(digest, lambda tmp: self.store.get_file_hashed(key, tmp))
-            st = os.stat(path)
-            if st.st_size > SMALL_FILE:
-                # Verified as it arrived: copies out of the cache (download()) need not hash it.
-                self.hashes.record([(str(path), st, digest)])
-            return path
+            path = self.cache.fill_hashed(digest, fetch)
         except KeyNotFound:
-            raise IntegrityError(
-                f"blob {digest}{where} is missing from registry {self.url}"
-            ) from None
+            raise IntegrityError(f"{missing}{where} is missing from registry {self.url}") from None
         except IntegrityError as e:
             raise IntegrityError(f"{e}{where}; registry {self.url} holds corrupt bytes") from e
+        st = os.stat(path)
+        if st.st_size > SMALL_FILE:
+            # Verified as it arrived: copies out of the cache (download()) need not hash it.
+            self.hashes.record([(str(path), st, digest)])
+        return path
 
     def fetch_blob_uncached(self, entity: str, digest: str, dest: Path, what: str) -> bool:
         """Download a remote blob straight into `dest`, verified as it arrives; False (nothing
@@ -735,18 +746,6 @@ class Registry:
             raise IntegrityError(f"blob {digest} ({what}) is corrupt in registry {self.url}: "
                                  f"its bytes hash to {actual}")
         return True
-
-    def _packed_blob_file(self, entity: str, digest: str, loc: PackLoc, where: str) -> Path:
-        key = self.pack_key(entity, loc.pack)
-        try:
-            return self.cache.fill(digest, lambda tmp: tmp.write_bytes(
-                self.store.get_range(key, loc.offset, loc.size)))
-        except KeyNotFound:
-            raise IntegrityError(
-                f"pack {loc.pack} holding blob {digest}{where} is missing from registry {self.url}"
-            ) from None
-        except IntegrityError as e:
-            raise IntegrityError(f"{e}{where}; registry {self.url} holds corrupt bytes") from e
 
     def prefetch_packed(self, entity: str, entries: Iterable[Entry]) -> None:
         """Bring the packed blobs among `entries` into the cache with one request per pack.
@@ -777,16 +776,6 @@ class Registry:
             return
         with ThreadPoolExecutor(self.workers) as pool:
             list(pool.map(fetch, by_pack.items()))
-
-    def read_blob_range(self, entity: str, digest: str, offset: int, length: int) -> bytes:
-        cached = self.cache.get(digest)
-        if cached is not None:
-            with open(cached, "rb") as f:
-                return os.pread(f.fileno(), length, offset)
-        loc = self._pack_loc(entity, digest)
-        if loc is not None:
-            return self.blob_file(entity, digest).read_bytes()[offset : offset + length]
-        return self.store.get_range(self.blob_key(entity, digest), offset, length)
 
     # -- committing ---------------------------------------------------------------------------
     def ensure_artifact(self, entity: str, project: str, name: str, type_: str) -> None:

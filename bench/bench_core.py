@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import sdk
-from artfs.registry import Registry
+from functools import partial
 
 from .common import (
     Row,
+    log_artifact,
     make_big_file,
     make_small_files,
     median_time,
@@ -19,15 +17,6 @@ from .common import (
 )
 
 GIB = 1024**3
-
-
-def _log(reg_dir: Path, cache: Path, name: str, add) -> sdk.Artifact:
-    reg = Registry(str(reg_dir), cache_dir=cache)
-    with sdk.init(job_type="bench", project="bench", entity="bench", registry=reg) as run:
-        art = sdk.Artifact(name, type="dataset")
-        add(art)
-        run.log_artifact(art)
-    return art
 
 
 def run(quick: bool) -> list[Row]:
@@ -43,23 +32,24 @@ def run(quick: bool) -> list[Row]:
         def fresh() -> None:
             remove(reg, cache, w / "copy", w / "dl")
 
+        log = partial(log_artifact, reg, cache)
         label = f"{big_size // 1024**2} MiB"
-        ours = median_time(lambda: _log(reg, cache, "big", lambda a: a.add_file(big)), runs, fresh)
+        ours = median_time(lambda: log("big", lambda a: a.add_file(big)), runs, fresh)
         base = median_time(lambda: sh("cp", str(big), str(w / "copy")), runs, fresh)
         rows.append(Row(f"log_artifact 1 file of {label}", ours, "cp", base, "<= 2.0"))
 
-        ours = median_time(lambda: _log(reg, cache, "small", lambda a: a.add_dir(small)), runs,
+        ours = median_time(lambda: log("small", lambda a: a.add_dir(small)), runs,
                            fresh)
         base = median_time(lambda: sh("cp", "-r", str(small), str(w / "copy")), runs, fresh)
         rows.append(Row(f"log_artifact {n_small} x 4 KiB", ours, "cp -r", base, "<= 2.0"))
 
         # Re-log the unchanged folder: no new version, no bytes re-read.
         fresh()
-        art = _log(reg, cache, "small", lambda a: a.add_dir(small))
+        art = log("small", lambda a: a.add_dir(small))
         before = read_chars()
-        relog = median_time(lambda: _log(reg, cache, "small", lambda a: a.add_dir(small)), runs)
+        relog = median_time(lambda: log("small", lambda a: a.add_dir(small)), runs)
         read_per_relog = (read_chars() - before) / runs
-        again = _log(reg, cache, "small", lambda a: a.add_dir(small))
+        again = log("small", lambda a: a.add_dir(small))
         assert again.version == art.version, "re-log of unchanged files made a new version"
         rows.append(Row(f"re-log {n_small} unchanged files (s, per 10k)",
                         relog * 10_000 / n_small, "target", 0.2, "<= 0.2 s",
@@ -79,7 +69,7 @@ def run(quick: bool) -> list[Row]:
                         "<= 2.0"))
 
         fresh()
-        big_art = _log(reg, cache, "big", lambda a: a.add_file(big))
+        big_art = log("big", lambda a: a.add_file(big))
         ours = median_time(lambda: big_art.download(w / "dl"), runs, clear_dl)
         base = median_time(lambda: sh("cp", str(big), str(w / "copy")), runs, clear_dl)
         rows.append(Row(f"download() 1 file of {label}", ours, "cp", base, "<= 2.0"))

@@ -25,7 +25,7 @@ import boto3
 
 import sdk
 from artfs.registry import Registry
-from tests.servers import S3_UNSET_ENV, s3_client_env, start_moto, stop_server
+from tests.servers import boto3_pointed_at, start_moto, stop_server
 
 from .bench_mount import bench_env, mounted
 from .common import Row, make_big_file, median_time, sh, workdir
@@ -41,15 +41,10 @@ def s3_env() -> Iterator[dict[str, str]]:
     """A moto server for this benchmark, with this process's boto3 pointed at it."""
     with tempfile.TemporaryDirectory() as tmp:
         proc, endpoint = start_moto(Path(tmp) / "moto.log")
-        saved = dict(os.environ)
         try:
-            for name in S3_UNSET_ENV:
-                os.environ.pop(name, None)
-            os.environ.update(s3_client_env(endpoint))
-            yield dict(os.environ)
+            with boto3_pointed_at(endpoint):
+                yield dict(os.environ)
         finally:
-            os.environ.clear()
-            os.environ.update(saved)
             stop_server(proc)
 
 

@@ -7,7 +7,6 @@ listing would not (it should spend one HEAD more: the "is it an object?" check).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ import boto3
 
 import sdk
 from artfs.refs import s3 as refs_s3
-from tests.servers import S3_UNSET_ENV, s3_client_env, start_moto, stop_server
+from tests.servers import boto3_pointed_at, start_moto, stop_server
 
 from .common import Row, median_time, workdir
 
@@ -31,15 +30,10 @@ def moto_env() -> Iterator[str]:
     with workdir("refs") as w:
         log = w / "moto.log"
         proc, endpoint = start_moto(log)
-        saved = dict(os.environ)
         try:
-            for name in S3_UNSET_ENV:
-                os.environ.pop(name, None)
-            os.environ.update(s3_client_env(endpoint))
-            yield endpoint
+            with boto3_pointed_at(endpoint):
+                yield endpoint
         finally:
-            os.environ.clear()
-            os.environ.update(saved)
             stop_server(proc)
 
 

@@ -10,7 +10,6 @@ Baselines, measured in the same run against the same server:
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -19,24 +18,14 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-import sdk
-from artfs.registry import TRANSFER_WORKERS, Registry
-from tests.servers import S3_UNSET_ENV, s3_client_env
+from artfs.registry import TRANSFER_WORKERS
+from tests.servers import boto3_pointed_at
 
-from .common import Row, make_big_file, make_small_files, median_time, remove, workdir
+from .common import Row, log_artifact, make_big_file, make_small_files, median_time, remove, workdir
 from .seaweed import start_seaweedfs, stop_server
 
 MiB = 1024**2
 GIB = 1024**3
-
-
-def _log(url: str, cache: Path, name: str, add) -> sdk.Artifact:
-    reg = Registry(url, cache_dir=cache)
-    with sdk.init(job_type="bench", project="bench", entity="bench", registry=reg) as run:
-        art = sdk.Artifact(name, type="dataset")
-        add(art)
-        run.log_artifact(art)
-    return art
 
 
 def _files(root: Path) -> list[Path]:
@@ -48,23 +37,13 @@ def run(quick: bool) -> list[Row]:
     runs = 3 if quick else 5
     big_size = 256 * MiB if quick else GIB
     n_small = 2_000 if quick else 10_000
-    saved = {k: os.environ.get(k) for k in (*S3_UNSET_ENV, "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                            "AWS_EC2_METADATA_DISABLED")}
     with workdir("s3") as w:
         proc, endpoint = start_seaweedfs(w / "seaweedfs", w / "seaweedfs.log")
         try:
-            for k in S3_UNSET_ENV:
-                os.environ.pop(k, None)
-            os.environ.update(s3_client_env(endpoint))
-            rows += _measure(w, runs, big_size, n_small)
+            with boto3_pointed_at(endpoint):
+                rows += _measure(w, runs, big_size, n_small)
         finally:
             stop_server(proc)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     return rows
 
 
@@ -94,7 +73,7 @@ def _measure(w: Path, runs: int, big_size: int, n_small: int) -> list[Row]:
         return f"s3://{buckets[-1]}/reg"
 
     # -- one big file ----------------------------------------------------------------------
-    ours = median_time(lambda: _log(url(), cache, "big", lambda a: a.add_file(big)), runs,
+    ours = median_time(lambda: log_artifact(url(), cache, "big", lambda a: a.add_file(big)), runs,
                        new_registry)
     base = median_time(lambda: client.upload_file(str(big), buckets[-1], "big.bin"), runs,
                        new_registry)
@@ -102,7 +81,7 @@ def _measure(w: Path, runs: int, big_size: int, n_small: int) -> list[Row]:
                     "<= 1.2"))
 
     new_registry()
-    big_art = _log(url(), cache, "big", lambda a: a.add_file(big))
+    big_art = log_artifact(url(), cache, "big", lambda a: a.add_file(big))
     client.upload_file(str(big), buckets[-1], "big.bin")
     bucket = buckets[-1]
 
@@ -138,14 +117,14 @@ def _measure(w: Path, runs: int, big_size: int, n_small: int) -> list[Row]:
         with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
             list(pool.map(put, small_files))
 
-    ours = median_time(lambda: _log(url(), cache, "small", lambda a: a.add_dir(str(small))),
+    ours = median_time(lambda: log_artifact(url(), cache, "small", lambda a: a.add_dir(str(small))),
                        runs, new_registry)
     base = median_time(boto_put_all, runs, new_registry)
     rows.append(Row(f"S3 log_artifact {n_small} x 4 KiB", ours,
                     f"boto3 put_object x{TRANSFER_WORKERS} threads", base, "<= 1.0"))
 
     new_registry()
-    small_art = _log(url(), cache, "small", lambda a: a.add_dir(str(small)))
+    small_art = log_artifact(url(), cache, "small", lambda a: a.add_dir(str(small)))
     boto_put_all()
     bucket = buckets[-1]
     keys = [p.relative_to(small).as_posix() for p in small_files]

@@ -13,6 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import sdk
+from artfs.registry import Registry
+
 
 @dataclass
 class Row:
@@ -115,3 +118,14 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         print(f"{r.name:58} {r.ours:9.3f} {r.baseline:9.3f} {r.ratio:6.2f}  {r.target:10} "
               f"{r.baseline_name}{' — ' + r.note if r.note else ''}")
+
+
+def log_artifact(url: str | Path, cache: Path, name: str,
+                 add: Callable[[sdk.Artifact], object]) -> sdk.Artifact:
+    """Log one dataset artifact `name` filled by `add(artifact)` to the registry at `url`."""
+    reg = Registry(str(url), cache_dir=cache)
+    with sdk.init(job_type="bench", project="bench", entity="bench", registry=reg) as run:
+        art = sdk.Artifact(name, type="dataset")
+        add(art)
+        run.log_artifact(art)
+    return art

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,17 +120,25 @@ def s3_client_env(endpoint: str) -> dict[str, str]:
     return {**S3_TEST_ENV, "AWS_ENDPOINT_URL": endpoint}
 
 
+@contextmanager
+def boto3_pointed_at(endpoint: str) -> Iterator[None]:
+    """boto3 here and in child processes talks to the test S3 server at `endpoint`, with the
+    test credentials; the environment is restored afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in S3_UNSET_ENV:
+            mp.delenv(name, raising=False)
+        for name, value in s3_client_env(endpoint).items():
+            mp.setenv(name, value)
+        yield
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A moto S3 server; boto3 in this process and in its children is pointed at it."""
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     proc, endpoint = start_moto(log)
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            for name in S3_UNSET_ENV:
-                mp.delenv(name, raising=False)
-            for name, value in s3_client_env(endpoint).items():
-                mp.setenv(name, value)
+        with boto3_pointed_at(endpoint):
             yield RunningServer(endpoint, log)
     finally:
         stop_server(proc)

@@ -21,7 +21,7 @@ import pytest
 
 import sdk
 from artfs.errors import AccessDenied
-from tests.servers import S3_UNSET_ENV, s3_client_env, start_moto, stop_server
+from tests.servers import S3_UNSET_ENV, boto3_pointed_at, s3_client_env, start_moto, stop_server
 
 ENTITY, PROJECT = "acme", "vision"
 BUCKET, PREFIX = "ml-registry", "prod"
@@ -55,11 +55,7 @@ def enforcing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enforcing]:
     work = tmp_path_factory.mktemp("iam")
     proc, endpoint = start_moto(work / "moto.log")
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            for name in S3_UNSET_ENV:
-                mp.delenv(name, raising=False)
-            for name, value in s3_client_env(endpoint).items():
-                mp.setenv(name, value)
+        with boto3_pointed_at(endpoint), pytest.MonkeyPatch.context() as mp:
             mp.setenv("ARTFS_ENTITY", ENTITY)
             mp.setenv("ARTFS_CACHE_DIR", str(work / "writer-cache"))
             mp.setenv("ARTFS_STATE_DIR", str(work / "writer-state"))
