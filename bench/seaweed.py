@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.servers import S3_TEST_ENV, _wait_for_url, stop_server
+from tests.servers import S3_TEST_ENV, stop_server, wait_for_url
 
 #: SeaweedFS's components, each with an HTTP and a gRPC port of its own.
 _COMPONENTS = ("master", "volume", "filer", "s3")
@@ -54,7 +54,7 @@ def start_seaweedfs(data: Path, log: Path) -> tuple[subprocess.Popen[bytes], str
         # The admin identity is taken from the AWS_* variables present at start.
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **S3_TEST_ENV})
-    _wait_for_url(proc, endpoint + "/", log)
+    wait_for_url(proc, endpoint + "/", log)
     return proc, endpoint
 
 

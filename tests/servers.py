@@ -69,7 +69,7 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 _stop = stop_server
 
 
-def _wait_for_url(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+def wait_for_url(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
     """Poll `url` until the server answers; fail with its log if it exits or never answers."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -106,7 +106,7 @@ def start_moto(log: Path, env: dict[str, str] | None = None) -> tuple[subprocess
     while time.monotonic() < deadline:
         match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log.read_text())
         if match:
-            _wait_for_url(proc, match.group(1) + "/", log)
+            wait_for_url(proc, match.group(1) + "/", log)
             return proc, match.group(1)
         if proc.poll() is not None:
             break
@@ -185,7 +185,7 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
                 cwd=workdir,
             )
         try:
-            _wait_for_url(proc, endpoint + "/storage/v1/b", log)
+            wait_for_url(proc, endpoint + "/storage/v1/b", log)
             break
         except RuntimeError:
             stop_server(proc)

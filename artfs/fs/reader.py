@@ -27,7 +27,7 @@ import logging
 import mmap
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,27 +49,22 @@ MiB = 1024 * 1024
 #: served: one GET of 64 MiB costs ~0.2-0.5 s on the test stores, a fair price for never serving
 #: unverified bytes of the files most datasets consist of.
 WHOLE_FETCH_MAX = 64 * MiB
-#: Granularity of a partially fetched remote blob; one bit of state per block. A read that is
-#: not (yet) part of a stream fetches just its own blocks, so a random 4 KiB read costs one
-#: ranged GET of ~1 MiB and reading 1 MiB at the end of a 4 GiB blob about 1-2 MiB.
+#: Granularity of a partially fetched remote blob; one bit of state per block. A read outside
+#: a sequential run fetches just its own blocks, so a random 4 KiB read costs one ranged GET of
+#: 1 MiB and reading 1 MiB at the end of a 4 GiB blob about 1-2 MiB.
 BLOCK = 1 * MiB
-#: One ranged GET fetches at most this much.
+#: One ranged GET fetches at most this much: the part size of boto3's and mountpoint-s3's
+#: parallel downloads, ~25 ms of transfer against a few ms of request overhead.
 PART = 8 * MiB
-#: Contiguous reads after which a handle counts as sequential and ONE streaming GET of the rest
-#: of the blob starts. Many ranged GETs were the problem: each costs ~230 ms on moto, and the old
-#: 1 MiB-at-a-time window extension read 256 MiB in 38.6 s where one GET takes 0.52 s. The
-#: kernel turns `cat` into 128 KiB-1 MiB requests, so two in a row already mean streaming while
-#: a random read is one request.
-SEQUENTIAL_READS = 2
-#: A stream runs at most this far ahead of the furthest byte read from it, which bounds what an
-#: abandoned stream transfers; 64 MiB is ~0.15-0.2 s of a single GET at 300-500 MiB/s (FACTS.md),
-#: so a steady reader never catches up with a running stream.
-STREAM_AHEAD = 64 * MiB
-#: Bytes per streaming step (network read, write, hash on one worker thread): the thread hop
-#: (~0.1 ms) is noise against ~5 ms of transfer, and waiting readers wake every few ms.
-STREAM_CHUNK = 2 * MiB
-#: A stream nobody has read near for this long is closed: it holds a connection open.
-STREAM_IDLE_S = 10.0
+BLOCKS_PER_PART = PART // BLOCK
+#: Read-ahead of a sequential reader starts at one block past its read and doubles with each
+#: further sequential read up to the maximum, which keeps that many parallel GETs in flight
+#: (8 x 8 MiB, about boto3's 10 threads) and bounds what an abandoned reader costs.
+READ_AHEAD_MIN = 1 * MiB
+READ_AHEAD_MAX = 64 * MiB
+#: A read this far behind the previous one still continues its sequential run: with several
+#: read requests in flight the kernel's own read-ahead may deliver them slightly reordered.
+SEQUENTIAL_SLACK = 4 * MiB
 #: Kernel read requests are at most 1 MiB (256 pages); buffers of that size are reused.
 BUFFER_SIZE = 1 * MiB
 #: Short local-disk calls (`Reader.quick`) running at once outside the shared limiter; more
@@ -108,6 +103,7 @@ class BufferPool:
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
 
 
 class _PyBuffer(ctypes.Structure):
@@ -133,6 +129,21 @@ def _populate(addr: int, length: int) -> None:
     if _libc.madvise(addr, length, MADV_POPULATE_READ) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+class Residency:
+    """Asks mincore(2) whether a mapped range is all in the page cache (~2 us for 1 MiB), so a
+    read of cached pages is answered at once, without a worker-thread hop to fault them in."""
+
+    def __init__(self) -> None:
+        self.vec = ctypes.create_string_buffer(BUFFER_SIZE // mmap.PAGESIZE + 1)
+
+    def all_in(self, addr: int, length: int) -> bool:
+        """`addr` is page-aligned; False for ranges longer than a read request."""
+        pages = -(-length // mmap.PAGESIZE)
+        if pages > len(self.vec) or _libc.mincore(addr, length, self.vec) != 0:
+            return False
+        return 0 not in self.vec.raw[:pages]
 
 
 class Mapped:
@@ -202,6 +213,8 @@ class LocalHandle(Handle):
         if end <= off:
             return b""
         start = off - off % mmap.PAGESIZE
+        if self.reader.residency.all_in(m.addr + start, end - start):
+            return memoryview(m.map)[off:end]
         try:
             await self.reader.quick(_populate, m.addr + start, end - start)
         except OSError as e:
@@ -218,63 +231,39 @@ class LocalHandle(Handle):
         os.close(self.fd)
 
 
-class Stream:
-    """One open-ended GET of a blob from `start`, written into the blob's file as it arrives."""
-
-    def __init__(self, start: int, want: int) -> None:
-        self.start = start
-        #: Bytes [start, pos) are in the file.
-        self.pos = start
-        #: Furthest byte a reader asked of this stream; it pauses at `want + STREAM_AHEAD`.
-        self.want = want
-        self.cancelled = False
-        #: Set (and replaced) after every step; readers waiting for streamed bytes wait on it.
-        self.progress = trio.Event()
-        #: Set when `want` grows or the stream is cancelled; a paused stream waits on it.
-        self.demand = trio.Event()
-
-    def covers(self, off: int) -> bool:
-        """Whether the byte at `off` will arrive through this stream without a longer wait."""
-        return not self.cancelled and self.start <= off < self.pos + STREAM_AHEAD
-
-    def ask(self, end: int) -> None:
-        if end > self.want:
-            self.want = end
-            self.demand.set()
-
-
 class PartialBlob:
     """A large remote blob being fetched into a sparse file of this mount's work folder.
 
-    Shared by every open handle of that blob in this mount. Bytes come from small ranged GETs
-    (random and first reads) and from at most one `Stream` (sequential readers). A SHA-256 of
-    the blob's prefix grows as streamed bytes arrive; when every block is present the rest is
-    hashed from the file, and the blob joins the shared cache only if the digest matches.
+    Shared by every open handle of that blob in this mount. Bytes come from ranged GETs of at
+    most `PART`, run in parallel on worker threads: a reader's own missing blocks, plus the
+    read-ahead window of a sequential reader. A SHA-256 of the blob's contiguous prefix follows
+    the blocks as they land (hashed back from the file's page cache on a worker thread, off the
+    fetch threads); once every block is present and hashed, the blob joins the shared cache only
+    if the digest matches.
     """
 
     def __init__(self, reader: Reader, digest: str, size: int,
-                 fetch_range: Callable[[int, int], bytes],
-                 open_stream: Callable[[int], Iterator[bytes]], file: Path) -> None:
+                 fetch_range: Callable[[int, int], bytes], file: Path) -> None:
         self.reader = reader
         self.digest = digest
         self.size = size
         self.fetch_range = fetch_range
-        self.open_stream = open_stream
         self.file = file
         self.fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         os.ftruncate(self.fd, size)
+        #: Hashing and replies read the fetched bytes through this mapping, straight from the
+        #: page cache the fetches wrote them into: two copies per byte fewer than `pread`.
+        self.mapped = Mapped(self.fd, size)
         self.blocks = max(1, -(-size // BLOCK))
         self.present = bytearray(self.blocks)
         self.missing = self.blocks
         self.pending: dict[int, trio.Event] = {}
-        self.stream: Stream | None = None
-        #: SHA-256 of bytes [0, hashed); touched only by stream steps and by `_adopt`, which never
-        #: run at the same time (adoption waits for the stream to end).
+        #: SHA-256 of bytes [0, hashed); only the one hashing task touches it.
         self.hasher = hashlib.sha256()
         self.hashed = 0
+        self.hashing = False
         self.error: str | None = None
         self.verified = False
-        self.adopting = False
         self.users = 0
         #: Tasks that may still touch `fd`; the file is closed only when they are done.
         self.busy = 0
@@ -303,17 +292,29 @@ class PartialBlob:
         flush()
         return events
 
+    def _fetch_into_file(self, off: int, length: int) -> None:
+        """On a worker thread: one ranged GET, written where it belongs in the file."""
+        data = self.fetch_range(off, length)
+        if len(data) != length:
+            raise Unreadable(f"store returned {len(data)} bytes for a {length}-byte range "
+                             f"at {off}")
+        if self.closed:
+            return
+        view = memoryview(data)
+        written = 0
+        while written < length:
+            written += os.pwrite(self.fd, view[written:], off + written)
+
     async def _fetch(self, first: int, last: int, done: trio.Event) -> None:
         off = first * BLOCK
         length = min((last + 1) * BLOCK, self.size) - off
         try:
-            data = await self.reader.blocking(self.fetch_range, off, length)
-            if len(data) != length:
-                raise Unreadable(f"store returned {len(data)} bytes for a {length}-byte range "
-                                 f"at {off}")
+            await self.reader.blocking(self._fetch_into_file, off, length)
             if not self.closed:
-                await self.reader.blocking(os.pwrite, self.fd, data, off)
-                self._mark(first, last + 1)
+                for b in range(first, last + 1):
+                    if not self.present[b]:
+                        self.present[b] = 1
+                        self.missing -= 1
         except Exception as e:  # noqa: BLE001 - any failure makes this file unreadable
             self.error = self.error or f"fetching bytes {off}-{off + length}: {e}"
         finally:
@@ -321,140 +322,75 @@ class PartialBlob:
                 self.pending.pop(b, None)
             done.set()
             self.busy -= 1
-            self._finish_if_idle()
-        await self._maybe_adopt()
+            self._hash_or_finish()
 
-    def _mark(self, first: int, stop: int) -> None:
-        for b in range(first, stop):
-            if not self.present[b]:
-                self.present[b] = 1
-                self.missing -= 1
-
-    # -- the stream --------------------------------------------------------------------------
-    def stream_from(self, off: int) -> None:
-        """A sequential reader is at `off`: make sure one stream will bring the bytes after it."""
-        if self.closed or self.adopting or self.missing == 0 or self.error:
+    def read_ahead(self, end: int, window: int) -> None:
+        """A sequential reader has asked up to `end`: keep about `window` bytes past it
+        present or on their way, topping up by whole parts once half of it is consumed."""
+        if self.closed or self.error:
             return
-        s = self.stream
-        if s is not None:
-            if s.covers(off):
-                s.ask(off)
-            elif s.pos >= s.want + STREAM_AHEAD:
-                # Its reader went elsewhere: stop it; the next sequential read starts a new one.
-                s.cancelled = True
-                s.demand.set()
-            # else it serves another reader; this one keeps to ranged reads.
-            return
-        b = off // BLOCK
-        while b < self.blocks and (self.present[b] or b in self.pending):
+        b = -(-end // BLOCK)
+        last = min(self.blocks, -(-(end + window) // BLOCK))
+        while b < last and (self.present[b] or b in self.pending):
             b += 1
-        if b >= self.blocks:
+        if b >= last or (b * BLOCK - end) * 2 > window:
             return
-        self.stream = Stream(b * BLOCK, off)
-        self.busy += 1
-        self.reader.nursery.start_soon(self._run_stream, self.stream)
+        if window >= PART:  # whole parts from here on: fewer, fuller requests
+            parts = -(-(last - b) // BLOCKS_PER_PART)
+            last = min(self.blocks, b + parts * BLOCKS_PER_PART)
+        self._start([i for i in range(b, last)
+                     if not self.present[i] and i not in self.pending])
 
-    async def _run_stream(self, s: Stream) -> None:
-        chunks: Iterator[bytes] | None = None
+    # -- hashing and completion --------------------------------------------------------------
+    def _hash_or_finish(self) -> None:
+        """Hash newly contiguous blocks if nobody is; close the file if nothing needs it."""
+        if (not self.hashing and not self.error and not self.verified
+                and self.hashed < self.size and self.present[self.hashed // BLOCK]
+                and not (self.closed and self.missing)):
+            self.hashing = True
+            self.busy += 1
+            self.reader.nursery.start_soon(self._hash_run)
+        elif self.closed and self.busy == 0 and self.fd >= 0:
+            self.mapped.close()
+            os.close(self.fd)
+            self.fd = -1
+            if not self.verified:
+                self.file.unlink(missing_ok=True)
+
+    async def _hash_run(self) -> None:
+        """Extend the prefix hash over present blocks; adopt the blob when it is complete."""
         try:
-            chunks = self.open_stream(s.start)  # a generator: the request starts on first use
-            while not s.cancelled and not self.closed and s.pos < self.size and self.missing:
-                if s.pos >= s.want + STREAM_AHEAD:
-                    s.demand = trio.Event()
-                    with trio.move_on_after(STREAM_IDLE_S):
-                        await s.demand.wait()
-                        continue
-                    break  # nobody read near it for a while
-                # Bytes between the hashed prefix and the stream, all already in the file, are
-                # hashed from the file so the streamed bytes extend the prefix hash.
-                gap = range(self.hashed // BLOCK, s.pos // BLOCK)
-                catch_up = self.hashed < s.pos and all(self.present[b] for b in gap)
-                n = await self.reader.blocking(self._stream_step, chunks, s.pos, catch_up)
-                if n == 0:
-                    raise Unreadable(f"stream ended at {s.pos} of {self.size} bytes")
-                s.pos += n
-                self._mark(s.start // BLOCK,
-                           self.blocks if s.pos >= self.size else s.pos // BLOCK)
-                s.progress.set()
-                s.progress = trio.Event()
-        except Exception as e:  # noqa: BLE001 - readers fall back to ranged GETs
-            log.warning("blob %s: stream stopped at byte %d: %s; reading by ranges",
-                        self.digest, s.pos, e)
-        finally:
-            s.cancelled = True
-            if self.stream is s:
-                self.stream = None
-            s.progress.set()
-            s.demand.set()
-            if chunks is not None:
-                close = getattr(chunks, "close", None)
-                if close is not None:
-                    self.reader.nursery.start_soon(self._close_quietly, close)
-            self.busy -= 1
-            self._finish_if_idle()
-        await self._maybe_adopt()
-
-    async def _close_quietly(self, close: Callable[[], object]) -> None:
-        """Close a stream's request on a worker thread (it may wait on the socket)."""
-        try:
-            await self.reader.blocking(close)
-        except Exception as e:  # noqa: BLE001 - the connection is being dropped anyway
-            log.debug("closing the stream of blob %s: %s", self.digest, e)
-
-    def _stream_step(self, chunks: Iterator[bytes], pos: int, catch_up: bool) -> int:
-        """On a worker thread: hash the gap if asked, then move one chunk to the file."""
-        if catch_up:
-            self._hash_file_until(pos)
-        data = next(chunks, b"")
-        n = min(len(data), self.size - pos)
-        if n <= 0:
-            return 0
-        view = memoryview(data)[:n]
-        written = 0
-        while written < n:
-            written += os.pwrite(self.fd, view[written:], pos + written)
-        if pos <= self.hashed < pos + n:
-            self.hasher.update(view[self.hashed - pos:])
-            self.hashed = pos + n
-        return n
-
-    def _hash_file_until(self, end: int) -> None:
-        while self.hashed < end:
-            data = os.pread(self.fd, min(PART, end - self.hashed), self.hashed)
-            if not data:
-                raise Unreadable(f"blob file ended at {self.hashed}")
-            self.hasher.update(data)
-            self.hashed += len(data)
-
-    # -- completion --------------------------------------------------------------------------
-    async def _maybe_adopt(self) -> None:
-        if (self.missing or self.error or self.adopting or self.closed
-                or self.stream is not None):
-            return
-        self.adopting = True
-        self.busy += 1
-        try:
-            await self._adopt()
-        finally:
-            self.busy -= 1
-            self._finish_if_idle()
-
-    async def _adopt(self) -> None:
-        """Finish the prefix hash from the file; the blob joins the shared cache if it matches."""
-
-        def verify_and_move() -> None:
-            self._hash_file_until(self.size)
-            actual = self.hasher.hexdigest()
-            if actual != self.digest:
-                raise Unreadable(f"its bytes hash to {actual}")
-            self.reader.registry.cache.adopt_hashed(self.digest, self.file)
-
-        try:
-            await self.reader.blocking(verify_and_move)
-            self.verified = True
+            while not (self.closed and self.missing):
+                b = self.hashed // BLOCK
+                while b < self.blocks and self.present[b]:
+                    b += 1
+                end = min(b * BLOCK, self.size)
+                if end <= self.hashed:
+                    break
+                await self.reader.blocking(self._hash_file_until, end)
+            if self.hashed == self.size:
+                await self.reader.blocking(self._verify_and_adopt)
+                self.verified = True
         except Exception as e:  # noqa: BLE001 - reported to every reader of this blob
             self.error = f"blob does not match its digest once complete: {e}"
             log.error("blob %s: %s", self.digest, self.error)
+        finally:
+            self.hashing = False
+            self.busy -= 1
+            self._hash_or_finish()
+
+    def _hash_file_until(self, end: int) -> None:
+        with memoryview(self.mapped.map) as whole:
+            while self.hashed < end:
+                step = min(PART, end - self.hashed)
+                self.hasher.update(whole[self.hashed:self.hashed + step])  # releases the GIL
+                self.hashed += step
+
+    def _verify_and_adopt(self) -> None:
+        actual = self.hasher.hexdigest()
+        if actual != self.digest:
+            raise Unreadable(f"its bytes hash to {actual}")
+        self.reader.registry.cache.adopt_hashed(self.digest, self.file)
 
     # -- reading -----------------------------------------------------------------------------
     async def read(self, off: int, size: int) -> memoryview | bytes:
@@ -463,24 +399,17 @@ class PartialBlob:
             if self.error:
                 raise Unreadable(self.error)
             return b""
-        s = self.stream
-        if s is not None and s.covers(off):
-            s.ask(end)
         while True:
             if self.error:
                 raise Unreadable(self.error)
             events: list[trio.Event] = []
             fetch: list[int] = []
-            s = self.stream
             for b in range(off // BLOCK, (end - 1) // BLOCK + 1):
                 if self.present[b]:
                     continue
                 ev = self.pending.get(b)
                 if ev is not None:
                     events.append(ev)
-                elif s is not None and s.covers(b * BLOCK):
-                    s.ask(end)
-                    events.append(s.progress)
                 else:
                     fetch.append(b)
             if not events and not fetch:
@@ -488,44 +417,36 @@ class PartialBlob:
             events += self._start(fetch)
             for ev in dict.fromkeys(events):
                 await ev.wait()
-        return await self.reader.pread(self.fd, off, end - off)
+        return memoryview(self.mapped.map)[off:end]  # just written: in the page cache
 
     def close(self) -> None:
-        """No reader is left: stop the stream; the file goes once no task touches it."""
+        """No reader is left: no more fetches; the file goes once no task touches it (or joins
+        the cache, when every byte is already here and only the hash is left)."""
         self.closed = True
-        s = self.stream
-        if s is not None:
-            s.cancelled = True
-            s.demand.set()
-        self._finish_if_idle()
-
-    def _finish_if_idle(self) -> None:
-        if self.closed and self.busy == 0 and self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-            if not self.verified:
-                self.file.unlink(missing_ok=True)
+        self._hash_or_finish()
 
 
 class BlockHandle(Handle):
-    """An open large remote blob: detects a sequential reader and has a stream serve it."""
+    """An open large remote blob: detects a sequential reader and grows its read-ahead."""
 
     def __init__(self, reader: Reader, where: str, blob: PartialBlob) -> None:
         super().__init__(reader, where)
         self.blob = blob
+        #: End of the furthest read so far.
         self.next_off = 0
-        #: Contiguous reads so far, this one included.
-        self.run = 0
+        #: Read-ahead of the current sequential run; 0 while reads look random.
+        self.window = 0
 
     async def read(self, off: int, size: int) -> memoryview | bytes:
-        self.run = self.run + 1 if off == self.next_off else 1
-        self.next_off = off + size
-        # A read at offset 0 starts the stream at once: whole-file readers start there, and
-        # one GET from 0 beats a ranged GET followed by a stream (on moto each request copies
-        # the whole object, ~0.3 s for 256 MiB). A header-only reader closes the file and
-        # stops the stream after a chunk or two.
-        if self.run >= SEQUENTIAL_READS or off == 0:
-            self.blob.stream_from(off)
+        # Sequential: from offset 0 (whole-file readers start there), or within reach of the
+        # previous read (the kernel's own read-ahead requests may arrive slightly reordered).
+        if off == 0 or self.next_off - SEQUENTIAL_SLACK <= off <= self.next_off + self.window:
+            self.window = min(max(2 * self.window, READ_AHEAD_MIN), READ_AHEAD_MAX)
+        else:
+            self.window = 0
+        self.next_off = max(self.next_off, off + size) if self.window else off + size
+        if self.window:
+            self.blob.read_ahead(min(off + size, self.blob.size), self.window)
         return await self.blob.read(off, size)
 
     def close(self) -> None:
@@ -541,6 +462,7 @@ class Reader:
         #: Partial blobs and unchecksummed references of this mount; removed at unmount.
         self.work_dir = work_dir
         self.pool = BufferPool()
+        self.residency = Residency()
         self.nursery: trio.Nursery  # set by the mount once its nursery is open
         self._single = TTLCache(0.0)
         self._partials: dict[str, PartialBlob] = {}
@@ -627,8 +549,7 @@ class Reader:
             store = self.registry.store
             blob = PartialBlob(self, digest, size,
                                lambda off, n: store.get_range(key, off, n),
-                               lambda off: store.iter_range(key, off, STREAM_CHUNK),
-                               # unique: a closed blob's stream may still be finishing a write
+                               # unique: a closed blob's fetch may still be finishing a write
                                self.work_dir / f"{digest}.{uuid.uuid4().hex[:8]}.partial")
             self._partials[digest] = blob
         blob.users += 1

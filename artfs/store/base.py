@@ -84,24 +84,6 @@ class Store(ABC):
     def delete(self, key: str) -> None:
         """Remove a key; absent keys are not an error."""
 
-    def iter_range(self, key: str, start: int, chunk: int) -> Iterator[bytes]:
-        """The object's bytes from `start` to its end, as chunks of about `chunk` bytes.
-
-        For readers that know they want the rest of an object: stores override this with one
-        streaming request, because each request can cost far more than its bytes (a ranged
-        GET costs ~230 ms on moto, FACTS.md). Closing the iterator early releases the request.
-        This default serves any store with consecutive `get_range` calls.
-        """
-        pos = start
-        while True:
-            data = self.get_range(key, pos, chunk)
-            if not data:
-                return
-            yield data
-            pos += len(data)
-            if len(data) < chunk:
-                return
-
     def local_path(self, key: str) -> Path | None:
         """A file holding the key's bytes on this machine, when the store is a local directory.
 

@@ -203,27 +203,6 @@ class GCSStore(Store):
             except gexc.RequestRangeNotSatisfiable:  # starts at or past the end of the object
                 return b""
 
-    def iter_range(self, key: str, start: int, chunk: int) -> Iterator[bytes]:
-        """The rest of the object through the client's `BlobReader`, `chunk` bytes per request.
-
-        Fewer, larger requests than block-sized `get_range` calls; as with `get_range`, a
-        partial response cannot be checked against the whole object's checksum.
-        """
-        blob = self._blob(key)
-        with self._translate("reading", key):
-            reader = blob.open("rb", chunk_size=chunk, retry=DEFAULT_RETRY)
-        try:
-            with self._translate("reading", key):
-                reader.seek(start)
-            while True:
-                with self._translate("reading", key):
-                    data = reader.read(chunk)
-                if not data:
-                    return
-                yield data
-        finally:
-            reader.close()
-
     def head(self, key: str) -> ObjectInfo | None:
         name = self._blob(key).name
         with self._translate("reading", key):

@@ -158,20 +158,6 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    def iter_range(self, key: str, start: int, chunk: int) -> Iterator[bytes]:
-        """Read the file from `start` through one open descriptor."""
-        try:
-            fd = os.open(self._path(key), os.O_RDONLY)
-        except FileNotFoundError as e:
-            raise KeyNotFound(f"{key!r} not found in registry {self.url}") from e
-        try:
-            pos = start
-            while data := os.pread(fd, chunk, pos):
-                yield data
-                pos += len(data)
-        finally:
-            os.close(fd)
-
     def head(self, key: str) -> ObjectInfo | None:
         try:
             st = os.stat(self._path(key))

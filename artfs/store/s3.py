@@ -258,26 +258,6 @@ class S3Store(Store):
                 return b""  # the range starts at or past the end of the object
             raise
 
-    def iter_range(self, key: str, start: int, chunk: int) -> Iterator[bytes]:
-        """One open-ended GET (`Range: bytes=start-`) read as it arrives.
-
-        A single GET streams at 300-500 MiB/s where ranged GETs cost ~230 ms each on moto
-        (FACTS.md). A body cut off is not retried here: the caller falls back to ranged reads.
-        """
-        with self._translate("reading", key):
-            resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key),
-                                           Range=f"bytes={start}-")
-        body = resp["Body"]
-        try:
-            while True:
-                with self._translate("reading", key):
-                    data = body.read(chunk)
-                if not data:
-                    return
-                yield data
-        finally:
-            body.close()
-
     def head(self, key: str) -> ObjectInfo | None:
         with self._translate("reading", key):
             try:
