@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import trio
 
+import sdk
 from artfs.fs.reader import (
     BLOCK,
     PART,
@@ -21,6 +22,7 @@ from artfs.fs.reader import (
     Reader,
     Unreadable,
 )
+from artfs.fs.tree import Row
 from artfs.registry import Registry
 
 MiB = 1024 * 1024
@@ -184,3 +186,41 @@ def test_a_blob_that_does_not_match_its_digest_becomes_unreadable(tmp_path: Path
             await h.read(0, 10)
 
     run_reads(tmp_path, size, pattern_digest(size), body, fetch=corrupt)
+
+
+def test_a_cached_blob_evicted_between_lookup_and_open_is_fetched_again(
+        tmp_path: Path, make_store_url: Callable[[str], str]) -> None:
+    """Another process's eviction may unlink a blob right after `cache.get` found it."""
+    data = b"evicted-between-get-and-open" * 1000
+    src = tmp_path / "f.bin"
+    src.write_bytes(data)
+    registry = Registry(make_store_url("s3"), cache_dir=tmp_path / "cache")
+    with sdk.init(job_type="t", project="p", entity="e", registry=registry) as run:
+        art = sdk.Artifact("a", type="dataset")
+        art.add_file(src)
+        run.log_artifact(art)
+    digest = hashlib.sha256(data).hexdigest()
+    registry.blob_file("e", digest)  # in the cache now
+    found = registry.cache.get
+
+    def get_then_evict(d: str) -> Path | None:
+        path = found(d)
+        if path is not None:
+            path.unlink()  # what a concurrent `BlobCache.evict` in another process does
+        return path
+
+    registry.cache.get = get_then_evict  # type: ignore[method-assign]
+    reader = Reader(registry, trio.CapacityLimiter(8), tmp_path)
+    row = Row(1, 0, "f.bin", "f.bin", False, len(data), digest, None, None, 0)
+
+    async def main() -> bytes:
+        async with trio.open_nursery() as nursery:
+            reader.nursery = nursery
+            handle = await reader.open("e", row, "e/p/a:v0 f.bin")
+            try:
+                return bytes(await handle.read(0, len(data)))
+            finally:
+                handle.close()
+
+    assert trio.run(main) == data
+    registry.close()

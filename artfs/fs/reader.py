@@ -539,7 +539,11 @@ class Reader:
             return await self._open_local(in_place, where)
         cached = await self.blocking(self.registry.cache.get, digest)
         if cached is not None:
-            return await self._open_local(cached, where)
+            try:
+                return await self._open_local(cached, where)
+            except FileNotFoundError:
+                log.info("blob %s left the cache as it was opened (evicted by another "
+                         "process): fetching it again", digest)
         if size <= WHOLE_FETCH_MAX:
             path = await self._single.get(
                 ("blob", digest), lambda: self.blocking(self.registry.blob_file, entity, digest))
