@@ -326,18 +326,20 @@ class PartialBlob:
 
     def read_ahead(self, end: int, window: int) -> None:
         """A sequential reader has asked up to `end`: keep about `window` bytes past it
-        present or on their way, topping up by whole parts once half of it is consumed."""
+        present or on their way. Small windows top up once half is consumed; from one part up,
+        each part consumed starts the next, so the parts in flight stay at window / PART and a
+        slow part does not drain the pipeline behind it."""
         if self.closed or self.error:
             return
         b = -(-end // BLOCK)
         last = min(self.blocks, -(-(end + window) // BLOCK))
         while b < last and (self.present[b] or b in self.pending):
             b += 1
-        if b >= last or (b * BLOCK - end) * 2 > window:
+        room = window - (b * BLOCK - end)
+        if b >= last or room < (PART if window >= PART else window // 2):
             return
-        if window >= PART:  # whole parts from here on: fewer, fuller requests
-            parts = -(-(last - b) // BLOCKS_PER_PART)
-            last = min(self.blocks, b + parts * BLOCKS_PER_PART)
+        if window >= PART:  # whole parts: fewer, fuller requests
+            last = min(self.blocks, b + room // PART * BLOCKS_PER_PART)
         self._start([i for i in range(b, last)
                      if not self.present[i] and i not in self.pending])
 
