@@ -2,10 +2,12 @@
 
 Rows: `cp` of one large file and `cp -r` of 10,000 files of 4 KiB into a staging folder vs
 `cp` to local disk; the same copies into `bench.passthrough`, the least a pyfuse3 file system
-does for them (the floor: what no staging design on pyfuse3 goes below); `artfs commit` of
-those (local registry) vs `sha256sum` of the same bytes (the commit should cost far less: the
-large file was hashed while `cp` wrote it); and, on an S3 registry (moto), `artfs commit` of
-the large file vs a plain boto3 upload of it.
+does for them (the floor: what no staging design on pyfuse3 goes below), without and with
+("floor+wb") the kernel's writeback cache, which was no faster once `cp` writes 1 MiB at a
+time, as it does into artfs, so artfs leaves it off (see `artfs.fs.ops.Operations`);
+`artfs commit` of those (local registry) vs `sha256sum` of the same bytes (the commit should
+cost far less: the large file was hashed while `cp` wrote it); and, on an S3 registry (moto),
+`artfs commit` of the large file vs a plain boto3 upload of it.
 
 Every ratio divides two medians measured in the same run. The commit figures are wall times of
 the `artfs commit` command, Python start-up included. On the 2-core test machines, shared with
@@ -18,7 +20,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from artfs.registry import Registry
@@ -112,34 +115,53 @@ def _local_rows(w: Path, big: Path, small: Path, runs: int, label: str,
 
 def _floor_rows(w: Path, big: Path, small: Path, runs: int, label: str,
                 n_small: int) -> list[Row]:
-    """The copy-in rows again, into `bench.passthrough` (each run to a new name: the floor file
-    system cannot delete)."""
-    mnt, backing, local = w / "floor-mnt", w / "floor-files", w / "floor-copy"
+    """The copy-in rows again, into `bench.passthrough`, without and with the kernel's
+    writeback cache (artfs mounts without it: see `artfs.fs.ops.Operations`)."""
+    return [*_floor_variant(w, big, small, runs, label, n_small, writeback=False),
+            *_floor_variant(w, big, small, runs, label, n_small, writeback=True)]
+
+
+def _floor_variant(w: Path, big: Path, small: Path, runs: int, label: str, n_small: int, *,
+                   writeback: bool) -> list[Row]:
+    """Each run copies to a new name: the floor file system cannot delete."""
+    mnt, backing, local = w / f"floor-mnt-{writeback}", w / "floor-files", w / "floor-copy"
     mnt.mkdir()
     backing.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.passthrough", str(mnt), str(backing)])
+    floor = "floor+wb:" if writeback else "floor:"
+    names = (f"run{i}" for i in range(2 * runs))
+    try:
+        with _passthrough(mnt, backing, writeback):
+            ours = median_time(lambda: sh("cp", str(big), str(mnt / next(names))), runs)
+            base = median_time(lambda: sh("cp", str(big), str(local)), runs,
+                               setup=lambda: remove(local))
+            rows = [Row(f"{floor} cp {label} file into a pyfuse3 pass-through", ours,
+                        "cp to local disk", base, "", note="no hashing, no SQLite")]
+            ours = median_time(lambda: sh("cp", "-r", str(small), str(mnt / next(names))),
+                               runs)
+            base = median_time(lambda: sh("cp", "-r", str(small), str(local)), runs,
+                               setup=lambda: remove(local))
+            rows.append(Row(f"{floor} cp -r {n_small:,} x 4 KiB into it", ours,
+                            "cp -r to local disk", base, ""))
+            return rows
+    finally:
+        remove(backing, local)
+
+
+@contextmanager
+def _passthrough(mnt: Path, backing: Path, writeback: bool) -> Iterator[None]:
+    args = ["--writeback"] if writeback else []
+    proc = subprocess.Popen([sys.executable, "-m", "bench.passthrough", *args, str(mnt),
+                             str(backing)])
     try:
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("bench.passthrough did not mount")
             time.sleep(0.05)
-        names = (f"run{i}" for i in range(2 * runs))
-        ours = median_time(lambda: sh("cp", str(big), str(mnt / next(names))), runs)
-        base = median_time(lambda: sh("cp", str(big), str(local)), runs,
-                           setup=lambda: remove(local))
-        rows = [Row(f"floor: cp {label} file into a pyfuse3 pass-through", ours,
-                    "cp to local disk", base, "", note="no hashing, no SQLite")]
-        ours = median_time(lambda: sh("cp", "-r", str(small), str(mnt / next(names))), runs)
-        base = median_time(lambda: sh("cp", "-r", str(small), str(local)), runs,
-                           setup=lambda: remove(local))
-        rows.append(Row(f"floor: cp -r {n_small:,} x 4 KiB into it", ours,
-                        "cp -r to local disk", base, ""))
-        return rows
+        yield
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
         proc.wait(timeout=30)
-        remove(backing, local)
 
 
 def _s3_rows(w: Path, big: Path, runs: int, label: str) -> list[Row]:
