@@ -224,3 +224,30 @@ def test_a_cached_blob_evicted_between_lookup_and_open_is_fetched_again(
 
     assert trio.run(main) == data
     registry.close()
+
+
+@pytest.mark.timeout(60)
+def test_unmount_cancelling_the_hash_of_a_complete_blob_ends_the_reader(tmp_path: Path) -> None:
+    """Unmount cancels the reader's nursery while a complete blob is still being hashed: the
+    cancelled hashing task must not start the next one (which the cancellation ends at once,
+    and so on forever: a mount process that never exited, spinning, was seen)."""
+    size = 96 * MiB
+
+    async def body(h: BlockHandle) -> None:
+        off = 0
+        while off < size:
+            off += len(await h.read(off, 8 * MiB))
+        while not h.blob.verified:
+            await trio.sleep(0.01)
+        h.blob.users += 1  # as at unmount: the blob is never released
+        # Hashing again from the start, on a thread slower than the test's patience.
+        h.blob.verified, h.blob.hashed = False, 0
+        h.blob._hash_file_until = lambda end: time.sleep(20)  # type: ignore[method-assign]
+        h.blob._hash_or_finish()
+        await trio.sleep(0.05)
+        assert h.blob.hashing
+        h.reader.nursery.cancel_scope.cancel()
+
+    started = time.monotonic()
+    run_reads(tmp_path, size, pattern_digest(size), body)
+    assert time.monotonic() - started < 15

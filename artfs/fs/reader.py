@@ -322,7 +322,7 @@ class PartialBlob:
                 self.pending.pop(b, None)
             done.set()
             self.busy -= 1
-            self._hash_or_finish()
+        self._hash_or_finish()  # not after a cancellation (unmount): it would start a task
 
     def read_ahead(self, end: int, window: int) -> None:
         """A sequential reader has asked up to `end`: keep about `window` bytes past it
@@ -379,7 +379,9 @@ class PartialBlob:
         finally:
             self.hashing = False
             self.busy -= 1
-            self._hash_or_finish()
+        # Not in `finally`: after a cancellation (unmount) this would start the next hashing
+        # task, which the cancellation ends at once, and so on forever.
+        self._hash_or_finish()
 
     def _hash_file_until(self, end: int) -> None:
         with memoryview(self.mapped.map) as whole:
