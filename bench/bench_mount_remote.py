@@ -146,14 +146,21 @@ def _timed_reads(mount: Callable[[], AbstractContextManager[Path]], rel: str, si
     return statistics.median(starts), statistics.median(reads)
 
 
+def _logged_remotely(w: Path, env: dict[str, str], registry: str, name: str,
+                     size: int) -> tuple[str, dict[str, str]]:
+    """Log a `size`-byte file `name` to a registry of the bench bucket; returns its blob key and
+    the environment of a mount of that registry. The local copies are removed."""
+    reg_url = f"s3://{BUCKET}/{registry}"
+    src = make_big_file(w / f"{name}.bin", size)
+    key = _log_file(reg_url, w / "cache-log", src, name)
+    remove(src, w / "cache-log")
+    return key, {**bench_env(w), **env, "ARTFS_REGISTRY": reg_url}
+
+
 def _sequential_rows(w: Path, env: dict[str, str], size: int, runs: int) -> list[Row]:
     """First sequential read of one file: artfs mount vs boto3 and the peer mounts."""
     s3 = boto3.client("s3")
-    reg_url = f"s3://{BUCKET}/reg"
-    big = make_big_file(w / "big.bin", size)
-    key = _log_file(reg_url, w / "cache-log", big, "big")
-    remove(big, w / "cache-log")
-    menv = {**bench_env(w), **env, "ARTFS_REGISTRY": reg_url}
+    key, menv = _logged_remotely(w, env, "reg", "big", size)
     label = f"{size // MIB} MiB"
 
     def single_get() -> None:
@@ -191,11 +198,7 @@ def _ttfb_rows(w: Path, env: dict[str, str], size: int, runs: int, quick: bool) 
     1 MiB, on a fresh mount with an empty cache (path lookup included: a fresh mount knows no
     names), against ranged get_object calls for the same bytes."""
     s3 = boto3.client("s3")
-    reg_url = f"s3://{BUCKET}/ttfb"
-    huge = make_big_file(w / "huge.bin", size)
-    key = _log_file(reg_url, w / "cache-log", huge, "huge")
-    remove(huge, w / "cache-log")
-    menv = {**bench_env(w), **env, "ARTFS_REGISTRY": reg_url}
+    key, menv = _logged_remotely(w, env, "ttfb", "huge", size)
 
     def fresh_mount(read: Callable[[Path], object]) -> tuple[float, float]:
         """(lookup + open + read, lookup alone): the `stat` does the lookups `open` would."""

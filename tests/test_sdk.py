@@ -123,14 +123,21 @@ def test_log_artifact_returns_before_upload_and_wait_joins(
         assert art.wait().version == "v0"
 
 
-def test_background_error_surfaces_at_wait_and_at_finish(
-    registry_url: str, tmp_path: Path
-) -> None:
+@pytest.fixture
+def changed_after_add(tmp_path: Path) -> sdk.Artifact:
+    """An artifact whose one file changed after `add_file`: its upload fails in the background."""
     src = tmp_path / "a.txt"
     src.write_text("before")
     art = sdk.Artifact("ds", type="dataset")
     art.add_file(src)
     src.write_text("after, longer")
+    return art
+
+
+def test_background_error_surfaces_at_wait_and_at_finish(
+    registry_url: str, changed_after_add: sdk.Artifact
+) -> None:
+    art = changed_after_add
     run = sdk.init(job_type="test")
     run.log_artifact(art)
     with pytest.raises(FileChangedError, match="a.txt"):
@@ -139,24 +146,18 @@ def test_background_error_surfaces_at_wait_and_at_finish(
         run.finish()
 
 
-def test_background_error_surfaces_at_end_of_with_block(registry_url: str, tmp_path: Path) -> None:
-    src = tmp_path / "a.txt"
-    src.write_text("before")
-    art = sdk.Artifact("ds", type="dataset")
-    art.add_file(src)
-    src.write_text("after, longer")
+def test_background_error_surfaces_at_end_of_with_block(
+    registry_url: str, changed_after_add: sdk.Artifact
+) -> None:
+    art = changed_after_add
     with pytest.raises(FileChangedError), sdk.init(job_type="test") as run:
         run.log_artifact(art)
 
 
 def test_background_error_is_noted_on_an_exception_leaving_the_with_block(
-    registry_url: str, tmp_path: Path
+    registry_url: str, changed_after_add: sdk.Artifact
 ) -> None:
-    src = tmp_path / "a.txt"
-    src.write_text("before")
-    art = sdk.Artifact("ds", type="dataset")
-    art.add_file(src)
-    src.write_text("after, longer")
+    art = changed_after_add
     with pytest.raises(RuntimeError) as info, sdk.init(job_type="test") as run:
         run.log_artifact(art)
         raise RuntimeError("user code failed")
