@@ -381,7 +381,8 @@ class PartialBlob:
                 b = self.hashed // BLOCK
                 while b < self.blocks and self.present[b]:
                     b += 1
-                end = min(b * BLOCK, self.size)
+                # A part per call: an unmount then waits for at most one part's hash.
+                end = min(b * BLOCK, self.size, self.hashed + PART)
                 if end <= self.hashed:
                     break
                 await self.reader.in_background(self._hash_file_until, end)
