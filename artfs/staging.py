@@ -438,8 +438,8 @@ class Staging:
                     raise OSError(errno.EEXIST, f"{self.what}/{self.path(parent)}/{name} "
                                   "exists") from None
                 if cur.rowcount == 0:
-                    raise OSError(errno.ENOENT, f"staging of {self.what}: folder {parent} is "
-                                  "gone")
+                    raise OSError(errno.ENOENT, f"staging of {self.what}: cannot create "
+                                  f"{name!r}: its folder (node {parent}) was removed")
                 node_id = cur.lastrowid
                 assert node_id is not None
                 fd = os.open(self.file(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -72,13 +72,6 @@ class DirHandle:
 class Operations(pyfuse3.Operations):
     """Read-only registry tree; every blocking call happens in `tree` or `reader` threads."""
 
-    #: Off. The kernel's writeback cache made `cp` into a staging folder no faster (issue 6,
-    #: 1 GiB: the same wall time, ~10-35% more mount CPU and more `cp` CPU; `cp` already writes
-    #: 1 MiB requests here, see BLKSIZE), added a SETATTR per small file, and would make the
-    #: kernel ignore our sizes of cached files and hold written bytes the mount has not seen
-    #: (lost if the mount process dies). `bench/passthrough.py --writeback` measures it.
-    enable_writeback_cache = False
-
     def __init__(self, registry: Registry, tree: Tree, reader: Reader) -> None:
         super().__init__()
         self.registry = registry

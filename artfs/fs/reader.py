@@ -31,8 +31,9 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+import outcome
 import trio
 
 from .. import refs
@@ -40,9 +41,6 @@ from ..errors import ArtfsError
 from ..manifest import Entry
 from ..registry import Registry
 from .tree import Row, TTLCache
-
-if TYPE_CHECKING:
-    import outcome
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +142,21 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICENESS)
     except OSError as e:
         log.debug("cannot lower the hashing thread's priority: %s", e)
+
+
+async def _wait_for(start: Callable[[Callable[[outcome.Outcome[T]], object]], object]) -> T:
+    """`start(deliver)` hands work to another thread, which calls `deliver` with its outcome;
+    the calling task sleeps until then, with no worker thread of its own blocked waiting.
+    Cancellable only before the work is handed over."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+
+    def deliver(result: outcome.Outcome[T]) -> None:
+        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    start(deliver)
+    return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
 
 
 class Residency:
@@ -252,9 +265,9 @@ class PartialBlob:
     Shared by every open handle of that blob in this mount. Bytes come from ranged GETs of at
     most `PART`, run in parallel on worker threads: a reader's own missing blocks, plus the
     read-ahead window of a sequential reader. A SHA-256 of the blob's contiguous prefix follows
-    the blocks as they land (hashed back from the file's page cache on a worker thread, off the
-    fetch threads); once every block is present and hashed, the blob joins the shared cache only
-    if the digest matches.
+    the blocks as they land (read back through a mapping of the file, on the low-priority
+    hashing thread); once every block is present and hashed, the blob joins the shared cache
+    only if the digest matches.
     """
 
     def __init__(self, reader: Reader, digest: str, size: int,
@@ -385,7 +398,7 @@ class PartialBlob:
                 end = min(b * BLOCK, self.size, self.hashed + PART)
                 if end <= self.hashed:
                     break
-                await self.reader.in_background(self._hash_file_until, end)
+                await self.reader.in_background(self._hash_to, end)
             if self.hashed == self.size:
                 await self.reader.in_background(self._verify_and_adopt)
                 self.verified = True
@@ -399,12 +412,10 @@ class PartialBlob:
         # task, which the cancellation ends at once, and so on forever.
         self._hash_or_finish()
 
-    def _hash_file_until(self, end: int) -> None:
+    def _hash_to(self, end: int) -> None:
         with memoryview(self.mapped.map) as whole:
-            while self.hashed < end:
-                step = min(PART, end - self.hashed)
-                self.hasher.update(whole[self.hashed:self.hashed + step])  # releases the GIL
-                self.hashed += step
+            self.hasher.update(whole[self.hashed:end])  # releases the GIL
+        self.hashed = end
 
     def _verify_and_adopt(self) -> None:
         actual = self.hasher.hexdigest()
@@ -490,12 +501,17 @@ class Reader:
         self._quick = 0
         #: False once the kernel refused MADV_POPULATE_READ (before Linux 5.14): pread instead.
         self.can_populate = True
-        self._hashing = ThreadPoolExecutor(1, "artfs-hash", initializer=_lower_priority)
+        self._hashing = ThreadPoolExecutor(1, "artfs-verify", initializer=_lower_priority)
 
     async def in_background(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU-heavy work no reader waits for on the low-priority hashing thread."""
-        future = self._hashing.submit(fn, *args)
-        return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        """Run CPU-heavy work no reader waits for on the low-priority hashing thread. Not
+        cancellable once started: callers keep each call short (one part's hash)."""
+
+        def start(deliver: Callable[[outcome.Outcome[T]], object]) -> None:
+            future = self._hashing.submit(fn, *args)
+            future.add_done_callback(lambda f: deliver(outcome.capture(f.result)))
+
+        return await _wait_for(start)
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter,
@@ -507,17 +523,11 @@ class Reader:
         Not cancellable: it is bounded by a local disk read."""
         if self._quick >= QUICK_THREADS:
             return await self.blocking(fn, *args)
-        task = trio.lowlevel.current_task()
-        token = trio.lowlevel.current_trio_token()
-
-        def deliver(result: outcome.Outcome[T]) -> None:
-            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
         self._quick += 1
         try:
-            trio.lowlevel.start_thread_soon(functools.partial(fn, *args), deliver)
-            return await trio.lowlevel.wait_task_rescheduled(
-                lambda _: trio.lowlevel.Abort.FAILED)
+            return await _wait_for(
+                lambda deliver: trio.lowlevel.start_thread_soon(functools.partial(fn, *args),
+                                                                deliver))
         finally:
             self._quick -= 1
 
