@@ -45,7 +45,7 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path,
 
 @pytest.fixture
 def project_dir(tmp_path: Path) -> Path:
-    """The seeds' example project: images/{cat,dog}.png, checkpoints/model.h5, model.h5."""
+    """W&B's documented example project: images/{cat,dog}.png, checkpoints/model.h5, model.h5."""
     root = tmp_path / "project"
     (root / "images").mkdir(parents=True)
     (root / "checkpoints").mkdir()

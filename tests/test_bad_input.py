@@ -1,4 +1,4 @@
-"""Bad input (SPEC §4): the error names the culprit, and nothing changes."""
+"""Bad input (README.md, "Guarantees"): the error names the culprit, and nothing changes."""
 
 from __future__ import annotations
 

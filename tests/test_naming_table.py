@@ -1,4 +1,4 @@
-"""The seeds' table of resulting contents, exact."""
+"""The W&B Artifacts documentation's table of resulting contents, exact."""
 
 from __future__ import annotations
 

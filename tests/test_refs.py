@@ -1,4 +1,4 @@
-"""References (SPEC §2, issue 4): http(s), s3, gs and file URIs against real servers.
+"""References (issue 4, `sdk/__init__.py`): http(s), s3, gs and file URIs against real servers.
 
 Sources live on nginx, moto (versioned and unversioned buckets) and fake-gcs-server; the
 registry is the default local one unless the test is about the registry (`registry_url`).
@@ -31,7 +31,7 @@ from artfs.refs import gs as refs_gs
 from artfs.refs import s3 as refs_s3
 from tests.http_server import HttpServer
 
-#: The seeds' example project, as objects (plus a sibling prefix that must never match).
+#: W&B's documented example project, as objects (plus a sibling prefix that must never match).
 EXAMPLE = {
     "images/cat.png": b"cat-bytes",
     "images/dog.png": b"dog-bytes",

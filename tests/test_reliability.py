@@ -1,4 +1,4 @@
-"""Concurrent writers and killed writers (SPEC §2 versioning rules, registry.py protocol)."""
+"""Concurrent and killed writers (versioning in `sdk/__init__.py`, protocol in `registry.py`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SDK behaviour (SPEC §2): versioning, dedupe, aliases, lineage, download, verify."""
+"""SDK behaviour (`sdk/__init__.py`): versioning, dedupe, aliases, lineage, download, verify."""
 
 from __future__ import annotations
 
