@@ -1,19 +1,6 @@
 """Versions, aliases, runs and lineage on top of any `Store`.
 
-Key layout (one prefix per entity, so a bucket policy on `entities/<entity>/` grants or denies
-everything of that entity, its blobs included):
-
-    registry.json                                          marks the location as a registry
-    entities/<e>/blobs/<2 hex>/<sha256>                    file bytes, stored once per entity
-    entities/<e>/packs/<2 hex>/<sha256>                    small blobs packed together (remote)
-    entities/<e>/manifests/<2 hex>/<sha256>.json           manifests by artifact digest
-    entities/<e>/projects/<p>/runs/<run id>.json           runs with their inputs and outputs
-    entities/<e>/projects/<p>/artifacts/<n>/artifact.json  the artifact's type, fixed at creation
-        .../versions/v<N>.json                             immutable version records
-        .../meta/v<N>.json                                 description/metadata edited later
-        .../aliases/<alias>.json                           {"version": N}
-        .../digests/<sha256>.json                          artifact digest → version (dedup)
-        .../used_by/v<N>/<run entity>/<run project>/<run id>   reverse lineage
+The keys are laid out in `keys.py`.
 
 Concurrency without a server: a version number is taken by creating `versions/v<N>.json` only
 if absent, so two writers can never both own one. Before taking a number, a writer claims the
@@ -40,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import config
+from . import config, keys
 from .cache import BlobCache
 from .errors import (
     ArtifactNotFound,
@@ -72,7 +59,7 @@ from .store.local import LocalStore, pid_alive
 
 log = logging.getLogger(__name__)
 
-MARKER_KEY = "registry.json"
+MARKER_KEY = keys.MARKER
 MARKER = {"format": "artfs-registry", "version": 1}
 #: A digest claim older than this whose owner cannot be checked is taken over; a commit holds
 #: its claim only for the few metadata writes after all bytes are uploaded.
@@ -193,10 +180,6 @@ class CommitResult:
     created: bool
 
 
-def _artifact_prefix(e: str, p: str, n: str) -> str:
-    return f"entities/{e}/projects/{p}/artifacts/{n}/"
-
-
 def check_metadata(what: str, description: str | None, metadata: dict[str, Any] | None) -> bytes:
     """The JSON of a description and metadata, or InvalidMetadata before anything is written."""
     if description is not None and not isinstance(description, str):
@@ -282,31 +265,23 @@ class Registry:
     def close(self) -> None:
         self.store.close()
 
-    # -- keys ---------------------------------------------------------------------------------
-    @staticmethod
-    def blob_key(entity: str, digest: str) -> str:
-        return f"entities/{entity}/blobs/{digest[:2]}/{digest}"
-
-    @staticmethod
-    def pack_key(entity: str, pack: str) -> str:
-        return f"entities/{entity}/packs/{pack[:2]}/{pack}"
-
-    @staticmethod
-    def manifest_key(entity: str, digest: str) -> str:
-        return f"entities/{entity}/manifests/{digest[:2]}/{digest}.json"
+    # -- keys (kept for callers of the key helpers; the layout lives in keys.py) ---------------
+    blob_key = staticmethod(keys.blob)
+    pack_key = staticmethod(keys.pack)
+    manifest_key = staticmethod(keys.manifest)
 
     # -- listing ------------------------------------------------------------------------------
     def entities(self) -> list[str]:
-        return self.store.list_dirs("entities/")
+        return self.store.list_dirs(keys.ENTITIES)
 
     def projects(self, entity: str) -> list[str]:
-        return self.store.list_dirs(f"entities/{entity}/projects/")
+        return self.store.list_dirs(keys.projects(entity))
 
     def artifacts(self, entity: str, project: str) -> list[str]:
-        return self.store.list_dirs(f"entities/{entity}/projects/{project}/artifacts/")
+        return self.store.list_dirs(keys.artifacts(entity, project))
 
     def artifact_type(self, entity: str, project: str, name: str) -> str | None:
-        key = _artifact_prefix(entity, project, name) + "artifact.json"
+        key = keys.artifact(entity, project, name).record
         try:
             doc = _load(self.store.get(key), f"artifact record {key}")
         except KeyNotFound:
@@ -314,18 +289,14 @@ class Registry:
         return str(doc.get("type"))
 
     def versions(self, entity: str, project: str, name: str) -> list[int]:
-        prefix = _artifact_prefix(entity, project, name) + "versions/"
-        out = []
-        for key in self.store.list(prefix):
-            label = key[len(prefix):].removesuffix(".json")
-            if label.startswith("v") and label[1:].isdigit():
-                out.append(int(label[1:]))
-        return sorted(out)
+        art = keys.artifact(entity, project, name)
+        numbers = (art.version_number(key) for key in self.store.list(art.versions))
+        return sorted(n for n in numbers if n is not None)
 
     def aliases(self, entity: str, project: str, name: str) -> dict[str, int]:
         """alias → version number, for one artifact."""
-        prefix = _artifact_prefix(entity, project, name) + "aliases/"
-        keys = [k for k in self.store.list(prefix) if k.endswith(".json")]
+        art = keys.artifact(entity, project, name)
+        found = [k for k in self.store.list(art.aliases) if k.endswith(".json")]
 
         def read(key: str) -> tuple[str, int] | None:
             try:
@@ -335,13 +306,13 @@ class Registry:
             v = doc.get("version")
             if not isinstance(v, int):
                 raise CorruptRecord(f"alias record {key} has no version number")
-            return key[len(prefix):].removesuffix(".json"), v
+            return art.alias_name(key), v
 
-        if len(keys) <= 1:
-            pairs = [read(k) for k in keys]
+        if len(found) <= 1:
+            pairs = [read(k) for k in found]
         else:
-            with ThreadPoolExecutor(min(TRANSFER_WORKERS, len(keys))) as pool:
-                pairs = list(pool.map(read, keys))
+            with ThreadPoolExecutor(min(TRANSFER_WORKERS, len(found))) as pool:
+                pairs = list(pool.map(read, found))
         return dict(p for p in pairs if p is not None)
 
     # -- resolving ----------------------------------------------------------------------------
@@ -364,7 +335,7 @@ class Registry:
         """The version number `ref` names (following an alias)."""
         if ref.version is not None:
             return ref.version
-        key = _artifact_prefix(ref.entity, ref.project, ref.name) + f"aliases/{ref.label}.json"
+        key = keys.artifact(ref.entity, ref.project, ref.name).alias(ref.label)
         try:
             doc = _load(self.store.get(key), f"alias record {key}")
         except KeyNotFound:
@@ -376,14 +347,14 @@ class Registry:
 
     def version(self, ref: ArtifactRef, *, with_aliases: bool = True) -> Version:
         number = self.resolve(ref)
-        prefix = _artifact_prefix(ref.entity, ref.project, ref.name)
-        key = prefix + f"versions/v{number}.json"
+        art = keys.artifact(ref.entity, ref.project, ref.name)
+        key = art.version(number)
         try:
             doc = _load(self.store.get(key), f"version record {key}")
         except KeyNotFound:
             raise self._not_found(ref) from None
         try:
-            meta = _load(self.store.get(prefix + f"meta/v{number}.json"), "version metadata")
+            meta = _load(self.store.get(art.meta(number)), "version metadata")
         except KeyNotFound:
             meta = {}
         try:
@@ -412,7 +383,7 @@ class Registry:
         return v
 
     def manifest(self, version: Version) -> Manifest:
-        key = self.manifest_key(version.entity, version.digest)
+        key = keys.manifest(version.entity, version.digest)
         try:
             data = self.store.get(key)
         except KeyNotFound:
@@ -428,8 +399,8 @@ class Registry:
     def has_blob(self, entity: str, digest: str) -> bool:
         loc = self._pack_loc(entity, digest)
         if loc is not None:
-            return self.store.head(self.pack_key(entity, loc.pack)) is not None
-        return self.store.head(self.blob_key(entity, digest)) is not None
+            return self.store.head(keys.pack(entity, loc.pack)) is not None
+        return self.store.head(keys.blob(entity, digest)) is not None
 
     def _pack_loc(self, entity: str, digest: str) -> PackLoc | None:
         if self._local is not None:
@@ -438,7 +409,7 @@ class Registry:
 
     def _committed(self, entity: str, project: str, name: str, digest: str) -> bool:
         """Whether a manifest digest already is a version of the artifact."""
-        key = _artifact_prefix(entity, project, name) + f"digests/{digest}.json"
+        key = keys.artifact(entity, project, name).digest(digest)
         try:
             doc = _load(self.store.get(key), f"digest record {key}")
         except KeyNotFound:
@@ -471,18 +442,18 @@ class Registry:
         sources = list(sources)
         # The stat taken when a file was added is the snapshot that counts: a file that
         # changes later is caught when (and only if) its bytes must be read.
-        keys: dict[str, tuple[int, int, int, int]] = {}
+        stats: dict[str, tuple[int, int, int, int]] = {}
         for s in sources:
             if s.expect is not None:
-                keys[str(s.file)] = s.expect
+                stats[str(s.file)] = s.expect
                 continue
             try:
-                keys[str(s.file)] = stat_key(os.stat(s.file))
+                stats[str(s.file)] = stat_key(os.stat(s.file))
             except (FileNotFoundError, NotADirectoryError):
                 raise SourceError(f"source file {s.file} (entry {s.path}) vanished") from None
-        known = self.hashes.lookup(keys.items())
-        if len(known) == len(keys) and skip_present is not None:
-            quick = [Entry(s.path, keys[str(s.file)][0], known[str(s.file)]) for s in sources]
+        known = self.hashes.lookup(stats.items())
+        if len(known) == len(stats) and skip_present is not None:
+            quick = [Entry(s.path, stats[str(s.file)][0], known[str(s.file)]) for s in sources]
             if skip_present(quick):
                 return {e.path: e for e in quick}
         # Blobs this machine saw in a pack need no request: packs are never rewritten.
@@ -494,18 +465,18 @@ class Registry:
         for src in sources:
             digest = known.get(str(src.file))
             if digest is not None and digest in packed:
-                entries.append(Entry(src.path, keys[str(src.file)][0], digest,
+                entries.append(Entry(src.path, stats[str(src.file)][0], digest,
                                      pack=packed[digest]))
             elif digest is not None and digest in present:
-                entries.append(Entry(src.path, keys[str(src.file)][0], digest))
+                entries.append(Entry(src.path, stats[str(src.file)][0], digest))
             else:
                 todo.append(src)
 
         fresh: list[tuple[str, os.stat_result, str]] = []
-        small = [s for s in todo if keys[str(s.file)][0] <= PACK_BLOB_MAX]
+        small = [s for s in todo if stats[str(s.file)][0] <= PACK_BLOB_MAX]
         if self._local is None and len(small) > 1:
             entries.extend(self._ingest_packed(entity, small, fresh))
-            todo = [s for s in todo if keys[str(s.file)][0] > PACK_BLOB_MAX]
+            todo = [s for s in todo if stats[str(s.file)][0] > PACK_BLOB_MAX]
 
         def ingest(src: Source) -> Entry:
             digest, st = self._upload(entity, src.file)
@@ -562,7 +533,7 @@ class Registry:
         pending: deque[Future[dict[str, PackLoc]]] = deque()
 
         def put(pack: tuple[str, bytes, dict[str, PackLoc]]) -> dict[str, PackLoc]:
-            self.store.put(self.pack_key(entity, pack[0]), pack[1])
+            self.store.put(keys.pack(entity, pack[0]), pack[1])
             return pack[2]
 
         with ThreadPoolExecutor(self.workers) as pool:
@@ -586,7 +557,7 @@ class Registry:
         small = read_small(file)
         if small is not None:
             data, digest, st = small
-            key = self.blob_key(entity, digest)
+            key = keys.blob(entity, digest)
             if self._local is None:
                 # A PUT of a small blob costs what a HEAD does, and rewriting content-addressed
                 # bytes is harmless: HEAD-then-PUT doubled the requests (bench_s3: 10,000 x 4 KiB
@@ -599,7 +570,7 @@ class Registry:
             tmp = self._local.temp_path()
             try:
                 digest, st = copy_and_hash(file, tmp)
-                key = self.blob_key(entity, digest)
+                key = keys.blob(entity, digest)
                 self._local.adopt(tmp, key, overwrite=True, durable=False)
                 blob = self._local.local_path(key)
                 # The copy was hashed as it was written: later downloads need not hash it again.
@@ -608,7 +579,7 @@ class Registry:
                 tmp.unlink(missing_ok=True)
             return digest, st
         digest, st = hash_file(file)
-        key = self.blob_key(entity, digest)
+        key = keys.blob(entity, digest)
         if self.store.head(key) is None:
             self.store.put_file(key, file)
             if stat_key(os.stat(file)) != stat_key(st):
@@ -629,7 +600,7 @@ class Registry:
         if self._local is None:
             files = self._put_packed_files(entity, files)
         for digest, file in files:
-            key = self.blob_key(entity, digest)
+            key = keys.blob(entity, digest)
             if self.store.head(key) is not None:
                 continue
             if self._local is None:
@@ -681,7 +652,7 @@ class Registry:
 
     def put_blob(self, entity: str, data: bytes) -> str:
         digest = hash_bytes(data)
-        key = self.blob_key(entity, digest)
+        key = keys.blob(entity, digest)
         if self.store.head(key) is None:
             self.store.put(key, data)
         return digest
@@ -694,7 +665,7 @@ class Registry:
         """
         where = f" ({what})" if what else ""
         if self._local is not None:
-            path = self._local.local_path(self.blob_key(entity, digest))
+            path = self._local.local_path(keys.blob(entity, digest))
             assert path is not None
             if not path.exists():
                 raise IntegrityError(f"blob {digest}{where} is missing from registry {self.url}")
@@ -702,13 +673,13 @@ class Registry:
         loc = self._pack_loc(entity, digest)
         if loc is None:
             missing = f"blob {digest}"
-            key = self.blob_key(entity, digest)
+            key = keys.blob(entity, digest)
 
             def fetch(tmp: Path) -> str:
                 return self.store.get_file_hashed(key, tmp)
         else:
             missing = f"pack {loc.pack} holding blob {digest}"
-            key = self.pack_key(entity, loc.pack)
+            key = keys.pack(entity, loc.pack)
 
             def fetch(tmp: Path) -> str:
                 data = self.store.get_range(key, loc.offset, loc.size)
@@ -738,7 +709,7 @@ class Registry:
         if self._pack_loc(entity, digest) is not None:
             return False
         try:
-            actual = self.store.get_file_hashed(self.blob_key(entity, digest), dest)
+            actual = self.store.get_file_hashed(keys.blob(entity, digest), dest)
         except KeyNotFound:
             raise IntegrityError(
                 f"blob {digest} ({what}) is missing from registry {self.url}") from None
@@ -763,7 +734,7 @@ class Registry:
             start = min(loc.offset for loc in locs.values())
             end = max(loc.offset + loc.size for loc in locs.values())
             try:
-                data = self.store.get_range(self.pack_key(entity, pack), start, end - start)
+                data = self.store.get_range(keys.pack(entity, pack), start, end - start)
             except StoreError as e:
                 log.warning("reading pack %s of registry %s failed: %s", pack, self.url, e)
                 return
@@ -784,7 +755,7 @@ class Registry:
         check_name(project, "project")
         check_name(name)
         check_name(type_, "artifact type")
-        key = _artifact_prefix(entity, project, name) + "artifact.json"
+        key = keys.artifact(entity, project, name).record
         self.store.put_if_absent(key, _json({"type": type_, "created_at": now_iso()}))
         existing = self.artifact_type(entity, project, name)
         if existing != type_:
@@ -813,18 +784,18 @@ class Registry:
         aliases = [check_alias(a) for a in aliases]
         check_metadata(f"{entity}/{project}/{name}", description, metadata)
         self.ensure_artifact(entity, project, name, type_)
-        prefix = _artifact_prefix(entity, project, name)
+        art = keys.artifact(entity, project, name)
         digest = manifest.digest
 
-        manifest_key = self.manifest_key(entity, digest)
+        manifest_key = keys.manifest(entity, digest)
         if self.store.head(manifest_key) is None:
             self.store.flush()
             self.store.put(manifest_key, self._locate_packed(entity, manifest).to_stored_bytes())
 
-        claim_key = prefix + f"digests/{digest}.json"
-        existing, claim = self._claim_digest(claim_key, prefix, digest)
+        claim_key = art.digest(digest)
+        existing, claim = self._claim_digest(claim_key, art, digest)
         if existing is not None:
-            self._move_aliases(prefix, existing, [LATEST, *aliases], latest_if_newer=False)
+            self._move_aliases(art, existing, [LATEST, *aliases], latest_if_newer=False)
             return CommitResult(self.version(ArtifactRef(entity, project, name, f"v{existing}")),
                                 created=False)
 
@@ -843,7 +814,7 @@ class Registry:
             number = (self.versions(entity, project, name) or [-1])[-1] + 1
             while True:
                 record["version"] = number
-                if self.store.put_if_absent(prefix + f"versions/v{number}.json", _json(record)):
+                if self.store.put_if_absent(art.version(number), _json(record)):
                     break
                 number += 1
         except BaseException:
@@ -856,7 +827,7 @@ class Registry:
             self.store.put(claim_key, _json({"version": number}))
         finally:
             _HELD_CLAIMS.discard(claim)
-        self._move_aliases(prefix, number, [LATEST, *aliases], latest_if_newer=True)
+        self._move_aliases(art, number, [LATEST, *aliases], latest_if_newer=True)
         return CommitResult(self.version(ArtifactRef(entity, project, name, f"v{number}")),
                             created=True)
 
@@ -948,7 +919,8 @@ class Registry:
                 f"cannot log it with type {type_!r}"
             )
 
-    def _claim_digest(self, claim_key: str, prefix: str, digest: str) -> tuple[int | None, str]:
+    def _claim_digest(self, claim_key: str, art: keys.ArtifactKeys, digest: str
+                      ) -> tuple[int | None, str]:
         """Own the right to commit `digest` (returns None and the claim id), or return the
         version that already has it."""
         me = {"claim": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
@@ -967,7 +939,7 @@ class Registry:
                 return int(doc["version"]), me["claim"]
             if self._claim_is_stale(doc):
                 # The owner died between claiming and recording; it may have taken a number.
-                found = self._find_version_with_digest(prefix, digest)
+                found = self._find_version_with_digest(art, digest)
                 if found is not None:
                     self.store.put_if_match(claim_key, _json({"version": found}), token)
                     return found, me["claim"]
@@ -998,20 +970,19 @@ class Registry:
                 return True
         return time.time() - float(doc.get("at", 0)) > CLAIM_TTL_S
 
-    def _find_version_with_digest(self, prefix: str, digest: str) -> int | None:
-        for key in self.store.list(prefix + "versions/"):
+    def _find_version_with_digest(self, art: keys.ArtifactKeys, digest: str) -> int | None:
+        for key in self.store.list(art.versions):
             doc = _load(self.store.get(key), f"version record {key}")
             if doc.get("digest") == digest:
                 return int(doc["version"])
         return None
 
     def _move_aliases(
-        self, prefix: str, number: int, aliases: list[str], *, latest_if_newer: bool
+        self, art: keys.ArtifactKeys, number: int, aliases: list[str], *, latest_if_newer: bool
     ) -> None:
         for alias in dict.fromkeys(aliases):
-            key = prefix + f"aliases/{alias}.json"
             monotonic = alias == LATEST and latest_if_newer
-            self._cas_alias(key, number, monotonic)
+            self._cas_alias(art.alias(alias), number, monotonic)
 
     def _cas_alias(self, key: str, number: int, monotonic: bool) -> None:
         """Point an alias at `number`; `latest` only ever moves forward under concurrency."""
@@ -1033,13 +1004,12 @@ class Registry:
         """Point `alias` at the version `ref` names."""
         check_alias(alias)
         target = self.version(ref, with_aliases=False)
-        prefix = _artifact_prefix(ref.entity, ref.project, ref.name)
-        self._cas_alias(prefix + f"aliases/{alias}.json", target.version, monotonic=False)
+        art = keys.artifact(ref.entity, ref.project, ref.name)
+        self._cas_alias(art.alias(alias), target.version, monotonic=False)
         return self.version(ArtifactRef(ref.entity, ref.project, ref.name, target.label))
 
     def remove_alias(self, ref: ArtifactRef, alias: str) -> None:
-        prefix = _artifact_prefix(ref.entity, ref.project, ref.name)
-        self.store.delete(prefix + f"aliases/{alias}.json")
+        self.store.delete(keys.artifact(ref.entity, ref.project, ref.name).alias(alias))
 
     def update_version(
         self,
@@ -1055,11 +1025,11 @@ class Registry:
         saving a stale handle never drags `latest` back from a newer version.
         """
         aliases = [check_alias(a) for a in aliases]
-        prefix = _artifact_prefix(version.entity, version.project, version.name)
+        art = keys.artifact(version.entity, version.project, version.name)
         meta_json = check_metadata(version.qualified, description, metadata)
-        self.store.put(prefix + f"meta/v{version.version}.json", meta_json)
+        self.store.put(art.meta(version.version), meta_json)
         for alias in set(version.aliases) - set(aliases):
-            key = prefix + f"aliases/{alias}.json"
+            key = art.alias(alias)
             try:
                 if _load(self.store.get(key), f"alias record {key}").get("version") == \
                         version.version:
@@ -1067,21 +1037,17 @@ class Registry:
             except KeyNotFound:
                 pass
         added = [a for a in aliases if a not in version.aliases]
-        self._move_aliases(prefix, version.version, added, latest_if_newer=False)
+        self._move_aliases(art, version.version, added, latest_if_newer=False)
         return self.version(ArtifactRef(version.entity, version.project, version.name,
                                         version.label))
 
     # -- runs ---------------------------------------------------------------------------------
-    @staticmethod
-    def _run_key(entity: str, project: str, run_id: str) -> str:
-        return f"entities/{entity}/projects/{project}/runs/{run_id}.json"
-
     def save_run(self, run: RunRecord) -> None:
         with run.lock:
             self._save_run(run)
 
     def _save_run(self, run: RunRecord) -> None:
-        key, data = self._run_key(run.entity, run.project, run.id), _json(run.to_json())
+        key, data = keys.run(run.entity, run.project, run.id), _json(run.to_json())
         if self._local is not None:
             # Rewritten at every step of a run: an fsync each (~15 ms here) would dominate a
             # re-log, and a power cut loses at most the last lineage update, never data.
@@ -1090,7 +1056,7 @@ class Registry:
             self.store.put(key, data)
 
     def get_run(self, entity: str, project: str, run_id: str) -> RunRecord:
-        key = self._run_key(entity, project, run_id)
+        key = keys.run(entity, project, run_id)
         try:
             doc = _load(self.store.get(key), f"run record {key}")
         except KeyNotFound:
@@ -1098,25 +1064,19 @@ class Registry:
         return RunRecord(**doc)
 
     def runs(self, entity: str, project: str) -> Iterator[RunRecord]:
-        prefix = f"entities/{entity}/projects/{project}/runs/"
-        for key in self.store.list(prefix):
+        for key in self.store.list(keys.runs(entity, project)):
             yield RunRecord(**_load(self.store.get(key), f"run record {key}"))
 
     def record_use(self, version: Version, run: RunRecord) -> None:
         """Add `version` to the run's inputs, and the run to the version's users."""
-        prefix = _artifact_prefix(version.entity, version.project, version.name)
-        self.store.put(prefix + f"used_by/v{version.version}/{run.entity}/{run.project}/{run.id}",
-                       b"")
+        art = keys.artifact(version.entity, version.project, version.name)
+        self.store.put(art.use(version.version, run.entity, run.project, run.id), b"")
         with run.lock:
             if version.qualified not in run.inputs:
                 run.inputs.append(version.qualified)
             self._save_run(run)
 
     def used_by(self, version: Version) -> list[RunRecord]:
-        prefix = _artifact_prefix(version.entity, version.project, version.name)
-        base = prefix + f"used_by/v{version.version}/"
-        out = []
-        for key in self.store.list(base):
-            e, p, run_id = key[len(base):].split("/")
-            out.append(self.get_run(e, p, run_id))
-        return out
+        art = keys.artifact(version.entity, version.project, version.name)
+        return [self.get_run(*art.user(version.version, key))
+                for key in self.store.list(art.used_by(version.version))]

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
-from .. import refs
+from .. import keys, refs
 from ..errors import ArtfsError
 from ..manifest import Entry
 from ..registry import Registry
@@ -562,7 +562,7 @@ class Reader:
         return LocalHandle(self, where, fd, mapped)
 
     async def _open_blob(self, entity: str, digest: str, size: int, where: str) -> Handle:
-        key = Registry.blob_key(entity, digest)
+        key = keys.blob(entity, digest)
         in_place = self.registry.store.local_path(key)
         if in_place is not None:
             if not in_place.exists():

@@ -1,0 +1,116 @@
+"""The registry's key layout: every key any module reads or writes is built here.
+
+One prefix per entity, so a bucket policy on `entities/<entity>/` grants or denies everything
+of that entity, its blobs included:
+
+    registry.json                                          marks the location as a registry
+    entities/<e>/blobs/<2 hex>/<sha256>                    file bytes, stored once per entity
+    entities/<e>/packs/<2 hex>/<sha256>                    small blobs packed together (remote)
+    entities/<e>/manifests/<2 hex>/<sha256>.json           manifests by artifact digest
+    entities/<e>/projects/<p>/runs/<run id>.json           runs with their inputs and outputs
+    entities/<e>/projects/<p>/artifacts/<n>/artifact.json  the artifact's type, fixed at creation
+        .../versions/v<N>.json                             immutable version records
+        .../meta/v<N>.json                                 description/metadata edited later
+        .../aliases/<alias>.json                           {"version": N}
+        .../digests/<sha256>.json                          artifact digest → version (dedup)
+        .../used_by/v<N>/<run entity>/<run project>/<run id>   reverse lineage
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MARKER = "registry.json"
+ENTITIES = "entities/"
+
+
+def projects(entity: str) -> str:
+    return f"{ENTITIES}{entity}/projects/"
+
+
+def artifacts(entity: str, project: str) -> str:
+    return f"{projects(entity)}{project}/artifacts/"
+
+
+def runs(entity: str, project: str) -> str:
+    return f"{projects(entity)}{project}/runs/"
+
+
+def run(entity: str, project: str, run_id: str) -> str:
+    return f"{runs(entity, project)}{run_id}.json"
+
+
+def blobs(entity: str) -> str:
+    return f"{ENTITIES}{entity}/blobs/"
+
+
+def blob(entity: str, digest: str) -> str:
+    return f"{blobs(entity)}{digest[:2]}/{digest}"
+
+
+def pack(entity: str, pack_digest: str) -> str:
+    return f"{ENTITIES}{entity}/packs/{pack_digest[:2]}/{pack_digest}"
+
+
+def manifest(entity: str, digest: str) -> str:
+    return f"{ENTITIES}{entity}/manifests/{digest[:2]}/{digest}.json"
+
+
+@dataclass(frozen=True)
+class ArtifactKeys:
+    """The keys below one artifact's folder."""
+
+    entity: str
+    project: str
+    name: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{artifacts(self.entity, self.project)}{self.name}/"
+
+    @property
+    def record(self) -> str:
+        return self.prefix + "artifact.json"
+
+    @property
+    def versions(self) -> str:
+        return self.prefix + "versions/"
+
+    def version(self, number: int) -> str:
+        return f"{self.versions}v{number}.json"
+
+    def meta(self, number: int) -> str:
+        return f"{self.prefix}meta/v{number}.json"
+
+    @property
+    def aliases(self) -> str:
+        return self.prefix + "aliases/"
+
+    def alias(self, alias: str) -> str:
+        return f"{self.aliases}{alias}.json"
+
+    def digest(self, digest: str) -> str:
+        return f"{self.prefix}digests/{digest}.json"
+
+    def used_by(self, number: int) -> str:
+        return f"{self.prefix}used_by/v{number}/"
+
+    def use(self, number: int, entity: str, project: str, run_id: str) -> str:
+        return f"{self.used_by(number)}{entity}/{project}/{run_id}"
+
+    def version_number(self, key: str) -> int | None:
+        """N for a key `version(N)` made, None for anything else below `versions`."""
+        label = key.removeprefix(self.versions).removesuffix(".json")
+        return int(label[1:]) if label.startswith("v") and label[1:].isdigit() else None
+
+    def alias_name(self, key: str) -> str:
+        return key.removeprefix(self.aliases).removesuffix(".json")
+
+    def user(self, number: int, key: str) -> tuple[str, str, str]:
+        """(entity, project, run id) of a key `use(number, ...)` made."""
+        e, p, run_id = key.removeprefix(self.used_by(number)).split("/")
+        return e, p, run_id
+
+
+def artifact(entity: str, project: str, name: str) -> ArtifactKeys:
+    return ArtifactKeys(entity, project, name)
