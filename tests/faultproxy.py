@@ -13,8 +13,12 @@ URLs the server builds stay valid) except that a seeded fraction of requests mee
 - ``truncate``: the response headers promise the full body, then the connection closes halfway.
 
 `outage_after(n)` drops every request after the next `n`, to place a hard failure at each step
-of a commit. Counters say how many faults of each kind were injected (`outage` apart), so a test
-can prove faults happened rather than assume it.
+of a commit. `inject(fault, when, times)` aims a fault at the next requests a predicate picks
+(say, the ranged GETs of one blob), and can also ``stall``: send the headers and half the body,
+then hold the rest until the test calls `release()` (`stalled` is set meanwhile, so a test
+waits on that event rather than a clock). Counters say how many faults of each kind were
+injected (`outage` apart), so a test can prove faults happened rather than assume it; `seen`
+lists every request as (method, path, Range header).
 """
 
 from __future__ import annotations
@@ -22,13 +26,22 @@ from __future__ import annotations
 import collections
 import http.client
 import random
+import re
 import socket
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 #: Every fault the proxy can inject; `FaultProxy(faults=...)` picks a subset.
 FAULTS = ("drop_before", "drop_after", "error_500", "error_503", "slowdown", "truncate")
+
+#: Faults only `inject` aims (never drawn at random): a stalled response waits for `release`.
+AIMED_FAULTS = (*FAULTS, "stall")
+#: How long a stalled response waits for `release` before it goes on by itself, so a failing
+#: test cannot leave a client hanging forever.
+STALL_LIMIT_S = 120.0
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1) are the proxy's own business, never forwarded.
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -43,6 +56,27 @@ _ERRORS = {
     "error_503": (503, "ServiceUnavailable"),
     "slowdown": (503, "SlowDown"),
 }
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request the proxy saw; `range` is its Range header, if any."""
+
+    method: str
+    path: str
+    range: str | None
+
+    def byte_range(self) -> tuple[int, int] | None:
+        """(first, last) byte of a `bytes=a-b` Range header."""
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", self.range or "")
+        return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+@dataclass
+class _Aimed:
+    fault: str
+    when: Callable[[Request], bool]
+    times: int
 
 
 class FaultProxy:
@@ -64,6 +98,12 @@ class FaultProxy:
         self._outage_in: int | None = None
         #: Requests seen, faulty or not.
         self.requests = 0
+        #: Every request, in arrival order.
+        self.seen: list[Request] = []
+        self._aimed: list[_Aimed] = []
+        #: Set while a ``stall`` fault holds a response; `release` lets it go on.
+        self.stalled = threading.Event()
+        self._release = threading.Event()
         proxy = self
 
         class Handler(_Handler):
@@ -95,6 +135,28 @@ class FaultProxy:
         """Fail every request after the next `requests` ones; None ends the outage."""
         with self._lock:
             self._outage_in = requests
+
+    def inject(self, fault: str, when: Callable[[Request], bool], times: int = 1) -> None:
+        """Give the next `times` requests for which `when(request)` holds the fault `fault`."""
+        if fault not in AIMED_FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; known: {AIMED_FAULTS}")
+        with self._lock:
+            self._aimed.append(_Aimed(fault, when, times))
+
+    def release(self) -> None:
+        """Let every stalled response (and any later one) go on."""
+        self._release.set()
+
+    def choose_for(self, request: Request) -> str | None:
+        """The fault for `request`: an aimed one if it matches, else as `choose`."""
+        with self._lock:
+            self.seen.append(request)
+            for aimed in self._aimed:
+                if aimed.times > 0 and aimed.when(request):
+                    aimed.times -= 1
+                    self.requests += 1
+                    return aimed.fault
+        return self.choose()
 
     def set_rate(self, rate: float) -> None:
         with self._lock:
@@ -174,7 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._read_body()
-        fault = self.owner.choose()
+        fault = self.owner.choose_for(Request(self.command, self.path, self.headers.get("Range")))
         if fault == "outage":
             return self._drop()
         if fault == "drop_before":
@@ -210,6 +272,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
             return self._drop()
+        if fault == "stall" and len(data) > 1:
+            self.owner.record(fault)
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.owner.stalled.set()
+            self.owner._release.wait(STALL_LIMIT_S)
+            self.wfile.write(data[len(data) // 2:])
+            return None
         self.wfile.write(data)
         return None
 
