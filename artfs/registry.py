@@ -10,7 +10,6 @@ become one version. Aliases are written only after the version they name exists.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -45,17 +44,16 @@ from .errors import (
 from .hashing import (
     SMALL_FILE,
     HashCache,
-    copy_and_hash,
     hash_bytes,
-    hash_file,
     read_small,
     stat_key,
 )
 from .manifest import Entry, Manifest, is_sha256
 from .names import LATEST, ArtifactRef, check_alias, check_name
 from .packs import PACK_BLOB_MAX, PackBuilder, PackIndex, PackLoc, split
+from .procs import pid_alive
 from .store import Store, open_store
-from .store.local import LocalStore, pid_alive
+from .store.base import TRANSFER_WORKERS
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +68,6 @@ CLAIM_TTL_S = 120.0
 _HELD_CLAIMS: set[str] = set()
 #: Small files read per batch while packing: bounds the bytes held in memory at once.
 PACK_BATCH = 256
-#: Parallel blob uploads/downloads to a remote store; it keeps this many connections open.
-TRANSFER_WORKERS = 8
-#: On a local disk file creation serialises in the kernel: downloading 2,000 files of 4 KiB
-#: took 1.1 s with 1 thread, 1.4 s with 2, 2.1 s with 4 and 2.5 s with 8 (cp -r: 1.7 s).
-LOCAL_WORKERS = 1
 
 
 def now_iso() -> str:
@@ -231,28 +224,25 @@ class Registry:
         self.cache = BlobCache(cdir, config.cache_size() if cache_size is None else cache_size)
         self.hashes = HashCache(cdir / "hashes.db")
         self.packs = PackIndex(cdir / "packs.db")
-        self._local = self.store if isinstance(self.store, LocalStore) else None
         #: Threads for moving many files: network latency wants many, a local disk one.
-        self.workers = LOCAL_WORKERS if self._local is not None else TRANSFER_WORKERS
-        if self._local is not None:
-            self._local.sweep_temp()
+        self.workers = self.store.transfer_workers
+        #: Whether small blobs go into packs (where each request is a round trip).
+        self._packing = self.store.small_objects_costly
+        self.store.sweep_temp()
 
     def _check_marker(self, create: bool) -> None:
         try:
             doc = _load(self.store.get(MARKER_KEY), f"registry marker in {self.url}")
         except KeyNotFound:
-            if isinstance(self.store, LocalStore):
-                root = self.store.root
-                if root.exists() and not root.is_dir():
-                    raise NotARegistry(f"{self.url} is a file, not an artfs registry") from None
-                if root.is_dir() and any(p.name not in (".tmp", ".locks") for p in root.iterdir()):
-                    if (root / MARKER_KEY).is_file():
-                        # Another process created the registry since we looked.
-                        return self._check_marker(create)
-                    raise NotARegistry(
-                        f"{self.url} is a non-empty directory that is not an artfs registry "
-                        f"(no {MARKER_KEY}); point ARTFS_REGISTRY at an empty or existing registry"
-                    ) from None
+            foreign = self.store.foreign_content()
+            if foreign is not None:
+                if self.store.head(MARKER_KEY) is not None:
+                    # Another process created the registry since we looked.
+                    return self._check_marker(create)
+                raise NotARegistry(
+                    f"{self.url} is {foreign}, not an artfs registry (no {MARKER_KEY}); "
+                    "point ARTFS_REGISTRY at an empty or existing registry"
+                ) from None
             if not create:
                 raise NotARegistry(f"no artfs registry at {self.url}") from None
             self.store.put_if_absent(MARKER_KEY, _json(MARKER))
@@ -403,7 +393,7 @@ class Registry:
         return self.store.head(keys.blob(entity, digest)) is not None
 
     def _pack_loc(self, entity: str, digest: str) -> PackLoc | None:
-        if self._local is not None:
+        if not self._packing:
             return None
         return self.packs.lookup(self.url, entity, [digest]).get(digest)
 
@@ -419,9 +409,9 @@ class Registry:
     def _present_blobs(self, entity: str, digests: set[str]) -> set[str]:
         """Which of `digests` the registry holds: a stat each on a local store, parallel HEADs
         elsewhere (the hash table is per machine, not per registry, so it proves nothing)."""
-        if self._local is not None or len(digests) <= 1:
+        if self.workers == 1 or len(digests) <= 1:
             return {d for d in digests if self.has_blob(entity, d)}
-        with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
+        with ThreadPoolExecutor(self.workers) as pool:
             found = pool.map(lambda d: (d, self.has_blob(entity, d)), digests)
             return {d for d, ok in found if ok}
 
@@ -457,7 +447,7 @@ class Registry:
             if skip_present(quick):
                 return {e.path: e for e in quick}
         # Blobs this machine saw in a pack need no request: packs are never rewritten.
-        packed = {} if self._local is not None else self.packs.lookup(
+        packed = {} if not self._packing else self.packs.lookup(
             self.url, entity, known.values())
         present = self._present_blobs(entity, set(known.values()) - set(packed))
         entries: list[Entry] = []
@@ -474,7 +464,7 @@ class Registry:
 
         fresh: list[tuple[str, os.stat_result, str]] = []
         small = [s for s in todo if stats[str(s.file)][0] <= PACK_BLOB_MAX]
-        if self._local is None and len(small) > 1:
+        if self._packing and len(small) > 1:
             entries.extend(self._ingest_packed(entity, small, fresh))
             todo = [s for s in todo if stats[str(s.file)][0] > PACK_BLOB_MAX]
 
@@ -557,34 +547,13 @@ class Registry:
         small = read_small(file)
         if small is not None:
             data, digest, st = small
-            key = keys.blob(entity, digest)
-            if self._local is None:
-                # A PUT of a small blob costs what a HEAD does, and rewriting content-addressed
-                # bytes is harmless: HEAD-then-PUT doubled the requests (bench_s3: 10,000 x 4 KiB
-                # took 2x a boto3 put_object loop).
-                self.store.put(key, data)
-            elif self.store.head(key) is None:
-                self._local.put_fast(key, data)
+            self.store.put_content(keys.blob(entity, digest), data)
             return digest, st
-        if self._local is not None:
-            tmp = self._local.temp_path()
-            try:
-                digest, st = copy_and_hash(file, tmp)
-                key = keys.blob(entity, digest)
-                self._local.adopt(tmp, key, overwrite=True, durable=False)
-                blob = self._local.local_path(key)
-                # The copy was hashed as it was written: later downloads need not hash it again.
-                self.hashes.record([(str(blob), os.stat(blob), digest)])
-            finally:
-                tmp.unlink(missing_ok=True)
-            return digest, st
-        digest, st = hash_file(file)
-        key = keys.blob(entity, digest)
-        if self.store.head(key) is None:
-            self.store.put_file(key, file)
-            if stat_key(os.stat(file)) != stat_key(st):
-                self.store.delete(key)
-                raise FileChangedError(f"source file {file} changed while it was being uploaded")
+        digest, st = self.store.put_content_file(Path(file), lambda d: keys.blob(entity, d))
+        blob = self.store.local_path(keys.blob(entity, digest))
+        if blob is not None:
+            # The copy was hashed as it was written: later downloads need not hash it again.
+            self.hashes.record([(str(blob), os.stat(blob), digest)])
         return digest, st
 
     def put_blob_files(self, entity: str, files: Iterable[tuple[str, Path]], *,
@@ -597,26 +566,16 @@ class Registry:
         """
         verified: list[tuple[str, os.stat_result, str]] = []
         files = list(files)
-        if self._local is None:
+        if self._packing:
             files = self._put_packed_files(entity, files)
         for digest, file in files:
             key = keys.blob(entity, digest)
             if self.store.head(key) is not None:
                 continue
-            if self._local is None:
-                self.store.put_file(key, file)
-                continue
-            try:
-                if not move:
-                    raise OSError(errno.EXDEV, "copy requested")
-                self._local.adopt(Path(file), key, overwrite=True, durable=False)
-            except OSError as e:
-                if e.errno != errno.EXDEV:
-                    raise
-                self._local.put_file(key, Path(file))  # another filesystem: copy
-            blob = self._local.local_path(key)
-            assert blob is not None
-            verified.append((str(blob), os.stat(blob), digest))
+            self.store.adopt_file(key, Path(file), move=move)
+            blob = self.store.local_path(key)
+            if blob is not None:
+                verified.append((str(blob), os.stat(blob), digest))
         # Hashed as written: the mount's first open need not hash these blobs again.
         self.hashes.record(verified)
 
@@ -642,7 +601,7 @@ class Registry:
         stored manifest must, or readers on other machines would look for a blob object.
         """
         missing = [e for e in manifest.values() if e.digest and e.pack is None]
-        if self._local is not None or not missing:
+        if not self._packing or not missing:
             return manifest
         locs = self.packs.lookup(self.url, entity, (e.digest for e in missing if e.digest))
         if not locs:
@@ -664,9 +623,8 @@ class Registry:
         `what` (e.g. "entry x of e/p/n:v1") goes into error messages.
         """
         where = f" ({what})" if what else ""
-        if self._local is not None:
-            path = self._local.local_path(keys.blob(entity, digest))
-            assert path is not None
+        path = self.store.local_path(keys.blob(entity, digest))
+        if path is not None:
             if not path.exists():
                 raise IntegrityError(f"blob {digest}{where} is missing from registry {self.url}")
             return path
@@ -704,7 +662,9 @@ class Registry:
         For download() of large files: the user's copy is what was asked for, and going
         through the cache would cost a second full write of the file.
         """
-        if self._local is not None or self.cache.get(digest) is not None:
+        if self.store.local_path(keys.blob(entity, digest)) is not None:
+            return False
+        if self.cache.get(digest) is not None:
             return False
         if self._pack_loc(entity, digest) is not None:
             return False
@@ -866,7 +826,7 @@ class Registry:
                 already.append(candidate)
             return bool(already)
 
-        if self._local is None:
+        if self._packing:
             self._learn_pack_locations(entity, project, name)
         entries = self.ingest_files(entity, sources, skip_present=committed)
         manifest = already[0] if already else Manifest([*entries.values(), *references])
@@ -1048,12 +1008,9 @@ class Registry:
 
     def _save_run(self, run: RunRecord) -> None:
         key, data = keys.run(run.entity, run.project, run.id), _json(run.to_json())
-        if self._local is not None:
-            # Rewritten at every step of a run: an fsync each (~15 ms here) would dominate a
-            # re-log, and a power cut loses at most the last lineage update, never data.
-            self._local.put_fast(key, data)
-        else:
-            self.store.put(key, data)
+        # Rewritten at every step of a run: an fsync each (~15 ms here) would dominate a
+        # re-log, and a power cut loses at most the last lineage update, never data.
+        self.store.put_fast(key, data)
 
     def get_run(self, entity: str, project: str, run_id: str) -> RunRecord:
         key = keys.run(entity, project, run_id)

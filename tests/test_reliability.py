@@ -43,7 +43,8 @@ print(art.version, flush=True)
 #: before any upload), so the parent can kill it at a known point of the upload.
 SLOW_WRITER = """
 import sys, time
-import artfs.registry as registry
+import artfs.store.base as base
+import artfs.store.local as local
 import sdk
 def stall(real):
     def wrapper(*args, **kwargs):
@@ -52,8 +53,8 @@ def stall(real):
         time.sleep(600)
         return result
     return wrapper
-registry.copy_and_hash = stall(registry.copy_and_hash)
-registry.hash_file = stall(registry.hash_file)
+local.copy_and_hash = stall(local.copy_and_hash)
+base.hash_file = stall(base.hash_file)
 art = sdk.Artifact("big", type="dataset")
 art.add_file(sys.argv[1])
 with sdk.init(job_type="writer") as run:

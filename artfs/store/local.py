@@ -17,10 +17,12 @@ import shutil
 import socket
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import AccessDenied, KeyNotFound, StoreError
+from ..hashing import copy_and_hash
+from ..procs import pid_alive
 from .base import ObjectInfo, Store
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -44,6 +46,12 @@ def _fsync_dir(path: Path) -> None:
 
 class LocalStore(Store):
     """Keys are files below `root`; temporary files live in `root/.tmp`."""
+
+    #: File creation serialises in the kernel: downloading 2,000 files of 4 KiB took 1.1 s
+    #: with 1 thread, 1.4 s with 2, 2.1 s with 4 and 2.5 s with 8 (cp -r: 1.7 s).
+    transfer_workers = 1
+    #: A file per blob costs no round trip, and packing would only add a copy.
+    small_objects_costly = False
 
     def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
         self.root = Path(root).expanduser().resolve()
@@ -73,7 +81,7 @@ class LocalStore(Store):
         return tmp / f"{self._host}-{os.getpid()}-{uuid.uuid4().hex}"
 
     def put_fast(self, key: str, data: bytes) -> None:
-        """Write atomically but without fsync: for blobs (verified on read) and run records."""
+        """Atomically, but without fsync: blobs are verified on read, run records rewritten."""
         tmp = self.temp_path()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -81,6 +89,41 @@ class LocalStore(Store):
         finally:
             os.close(fd)
         self.adopt(tmp, key, overwrite=True, durable=False)
+
+    def put_content(self, key: str, data: bytes) -> None:
+        # A stat is cheap here, and skipping the write keeps the blob's verified stat.
+        if self.head(key) is None:
+            self.put_fast(key, data)
+
+    def put_content_file(
+        self, file: Path, key_for: Callable[[str], str]
+    ) -> tuple[str, os.stat_result]:
+        # Hashed while it is copied in: the file is read once.
+        tmp = self.temp_path()
+        try:
+            digest, st = copy_and_hash(file, tmp)
+            self.adopt(tmp, key_for(digest), overwrite=True, durable=False)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest, st
+
+    def adopt_file(self, key: str, path: Path, *, move: bool) -> None:
+        if move:
+            try:
+                self.adopt(path, key, overwrite=True, durable=False)
+                return
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+        self.put_file(key, path)  # asked to copy, or another filesystem
+
+    def foreign_content(self) -> str | None:
+        if self.root.exists() and not self.root.is_dir():
+            return "a file"
+        if self.root.is_dir() and any(p.name not in (TMP_DIR, LOCK_DIR)
+                                      for p in self.root.iterdir()):
+            return "a non-empty directory"
+        return None
 
     def sweep_temp(self) -> int:
         """Delete temporary files left by dead processes of this host; returns how many."""
@@ -258,14 +301,3 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError as e:
-        return e.errno != errno.ESRCH
-    return True
