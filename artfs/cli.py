@@ -12,7 +12,7 @@ from . import config, transfer
 from .cache import BlobCache
 from .errors import ArtfsError, SourceError
 from .names import ArtifactRef, check_alias, check_name, parse_ref
-from .registry import Registry, Source, check_metadata, check_unique
+from .registry import Registry, Source, check_metadata, check_unique, init_registry
 
 
 def _human(n: int) -> str:
@@ -25,7 +25,7 @@ def _human(n: int) -> str:
 
 
 def _registry(args: argparse.Namespace) -> Registry:
-    return Registry(args.registry, create=getattr(args, "create", False))
+    return Registry(args.registry)
 
 
 def _ref(args: argparse.Namespace, spec: str) -> ArtifactRef:
@@ -34,6 +34,12 @@ def _ref(args: argparse.Namespace, spec: str) -> ArtifactRef:
 
 
 # -- commands -----------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> None:
+    url, created = init_registry(args.url or args.registry)
+    print(f"created an empty artfs registry at {url}" if created
+          else f"{url} is already an artfs registry; nothing changed")
+
+
 def cmd_ls(args: argparse.Namespace) -> None:
     reg = _registry(args)
     parts = [p for p in (args.path or "").split("/") if p]
@@ -119,7 +125,6 @@ def _put_sources(raw: str) -> list[Source]:
 
 
 def cmd_put(args: argparse.Namespace) -> None:
-    args.create = True
     entity = check_name(args.entity or config.default_entity(), "entity")
     project = check_name(args.project or config.default_project(), "project")
     name = check_name(args.name)
@@ -190,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="artfs", description=__doc__)
     _add_common(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", parents=[common], help="create a new, empty registry")
+    p.add_argument("url", nargs="?", help="a local folder, s3://bucket/prefix or "
+                   "gs://bucket/prefix (default: --registry, $ARTFS_REGISTRY or the embedded "
+                   "registry)")
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("ls", parents=[common], help="list entities, projects, artifacts, versions")
     p.add_argument("path", nargs="?", help="ENTITY[/PROJECT[/NAME]]")

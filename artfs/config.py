@@ -17,10 +17,19 @@ DEFAULT_CACHE_SIZE = 10 * 1024**3
 DEFAULT_MAX_OBJECTS = 10_000
 
 
+def embedded_registry() -> str:
+    return str(Path(platformdirs.user_data_dir("artfs", appauthor=False)))
+
+
 def registry_url() -> str:
-    return os.environ.get("ARTFS_REGISTRY") or str(
-        Path(platformdirs.user_data_dir("artfs", appauthor=False))
-    )
+    return os.environ.get("ARTFS_REGISTRY") or embedded_registry()
+
+
+def is_embedded_default(url: str | None) -> bool:
+    """True when `url` (None: whatever ARTFS_REGISTRY says) names the embedded registry, the
+    only one created on first use."""
+    chosen = url or registry_url()
+    return Path(chosen).expanduser().absolute() == Path(embedded_registry()).absolute()
 
 
 def cache_dir() -> Path:

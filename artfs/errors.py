@@ -51,6 +51,10 @@ class NotARegistry(ArtfsError):
     """A registry location that exists but holds something other than an artfs registry."""
 
 
+class RegistryMissing(NotARegistry):
+    """A registry location with nothing there yet: `artfs init` creates a registry on purpose."""
+
+
 class StoreError(ArtfsError):
     """A storage operation that failed after retries; the message names the store URI and key."""
 

@@ -37,6 +37,7 @@ from .errors import (
     InvalidMetadata,
     KeyNotFound,
     NotARegistry,
+    RegistryMissing,
     SourceError,
     StoreError,
     TypeMismatch,
@@ -204,6 +205,16 @@ def _check_unchanged(src: Source, st: os.stat_result) -> None:
         )
 
 
+def init_registry(url: str | None) -> tuple[str, bool]:
+    """Make `url` a registry on purpose (`artfs init`): its URL, and whether it is new."""
+    try:
+        reg, created = Registry(url, create=False), False
+    except RegistryMissing:
+        reg, created = Registry(url, create=True), True
+    reg.close()
+    return reg.url, created
+
+
 class Registry:
     """The registry at one location, with this machine's cache of its blobs."""
 
@@ -213,12 +224,19 @@ class Registry:
         *,
         cache_dir: Path | None = None,
         cache_size: int | None = None,
-        create: bool = True,
+        create: bool | None = None,
         store: Store | None = None,
     ) -> None:
-        """Open the registry at `url`; `store` supplies an already-open store for it instead."""
+        """Open the registry at `url`; `store` supplies an already-open store for it instead.
+
+        A location without a registry is refused unless `create` says otherwise: by default
+        only the embedded one is created on first use, so a mistyped URL never makes a new
+        registry (`artfs init` creates one on purpose).
+        """
         self.url = store.url if store is not None else (url or config.registry_url())
         self.store: Store = store if store is not None else open_store(self.url)
+        if create is None:
+            create = store is None and config.is_embedded_default(url)
         self._check_marker(create)
         cdir = cache_dir or config.cache_dir()
         self.cache = BlobCache(cdir, config.cache_size() if cache_size is None else cache_size)
@@ -244,7 +262,8 @@ class Registry:
                     "point ARTFS_REGISTRY at an empty or existing registry"
                 ) from None
             if not create:
-                raise NotARegistry(f"no artfs registry at {self.url}") from None
+                raise RegistryMissing(f"no artfs registry at {self.url}; create one with "
+                                   f"`artfs init {self.url}`") from None
             self.store.put_if_absent(MARKER_KEY, _json(MARKER))
             return
         except CorruptRecord as e:

@@ -95,7 +95,7 @@ def _cat(path: Path) -> None:
 
 
 def _commit_tree(w: Path, files: int, per_dir: int) -> None:
-    reg = Registry(str(w / "reg"), cache_dir=w / "cache")
+    reg = Registry(str(w / "reg"), cache_dir=w / "cache", create=True)
     digests = [reg.put_blob("bench", os.urandom(4096)) for _ in range(64)]
     manifest = Manifest(Entry(f"d{i // per_dir:04d}/f{i:06d}.bin", 4096, digests[i % 64])
                         for i in range(files))
@@ -123,7 +123,7 @@ def run(quick: bool) -> list[Row]:
         with open(src, "wb") as f:
             for _ in range(size // (16 * MIB)):
                 f.write(os.urandom(16 * MIB))
-        reg = Registry(str(w / "reg"), cache_dir=w / "cache")
+        reg = Registry(str(w / "reg"), cache_dir=w / "cache", create=True)
         with sdk.init(job_type="bench", project="bench", entity="bench", registry=reg) as r:
             art = sdk.Artifact("big", type="dataset")
             art.add_file(src)

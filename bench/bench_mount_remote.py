@@ -55,7 +55,7 @@ def s3_env(w: Path) -> Iterator[dict[str, str]]:
 
 def _log_file(reg_url: str, cache: Path, path: Path, name: str) -> str:
     """Log one file to the registry at `reg_url` (in BUCKET); returns its blob key."""
-    reg = Registry(reg_url, cache_dir=cache)
+    reg = Registry(reg_url, cache_dir=cache, create=True)
     with sdk.init(job_type="bench", project="bench", entity="bench", registry=reg) as run:
         art = sdk.Artifact(name, type="dataset")
         art.add_file(path)
@@ -271,7 +271,7 @@ def _random_reads(path: Path, size: int) -> None:
 def _local_rows(w: Path, size: int, runs: int) -> list[Row]:
     """4 concurrent readers and random reads, mount vs the same files on local disk."""
     files = [make_big_file(w / f"p{i}.bin", size) for i in range(4)]
-    reg = Registry(str(w / "reg"), cache_dir=w / "cache")
+    reg = Registry(str(w / "reg"), cache_dir=w / "cache", create=True)
     with sdk.init(job_type="bench", project="bench", entity="bench", registry=reg) as run:
         art = sdk.Artifact("four", type="dataset")
         for f in files:

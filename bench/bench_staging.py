@@ -61,7 +61,7 @@ def _local_rows(w: Path, big: Path, small: Path, runs: int, label: str,
                 n_small: int) -> list[Row]:
     rows = []
     env = bench_env(w)
-    Registry(env["ARTFS_REGISTRY"], cache_dir=w / "cache").close()
+    Registry(env["ARTFS_REGISTRY"], cache_dir=w / "cache", create=True).close()
     local = w / "copy"
     with mounted(w) as (root, _):
         art = root / "big"
@@ -177,7 +177,7 @@ def _s3_rows(w: Path, big: Path, runs: int, label: str) -> list[Row]:
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="bench")
         env["ARTFS_REGISTRY"] = "s3://bench/reg"
-        Registry(env["ARTFS_REGISTRY"], cache_dir=w / "cache-s3").close()
+        Registry(env["ARTFS_REGISTRY"], cache_dir=w / "cache-s3", create=True).close()
         with mounted(w, env) as (root, _):
             art = root / "big"
             art.mkdir(parents=True)

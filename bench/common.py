@@ -123,7 +123,7 @@ def print_table(rows: list[Row]) -> None:
 def log_artifact(url: str | Path, cache: Path, name: str,
                  add: Callable[[sdk.Artifact], object]) -> sdk.Artifact:
     """Log one dataset artifact `name` filled by `add(artifact)` to the registry at `url`."""
-    reg = Registry(str(url), cache_dir=cache)
+    reg = Registry(str(url), cache_dir=cache, create=True)
     with sdk.init(job_type="bench", project="bench", entity="bench", registry=reg) as run:
         art = sdk.Artifact(name, type="dataset")
         add(art)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import sdk
-from artfs.registry import Registry
+from artfs.registry import Registry, init_registry
 
 pytest_plugins = ["tests.servers", "tests.mount_fixtures", "tests.http_server"]
 
@@ -23,7 +23,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     """No test sees the user's real cache, registry or identity."""
     monkeypatch.setenv("ARTFS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("ARTFS_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("ARTFS_REGISTRY", str(tmp_path / "default-registry"))
+    # The embedded registry (created on first use, unlike any other) lives in this test's folder.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("ARTFS_REGISTRY", str(tmp_path / "xdg-data" / "artfs"))
     monkeypatch.setenv("ARTFS_ENTITY", "tester")
     monkeypatch.delenv("ARTFS_PROJECT", raising=False)
     monkeypatch.delenv("ARTFS_CACHE_SIZE", raising=False)
@@ -34,12 +36,13 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
 @pytest.fixture(params=STORE_KINDS)
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh empty registry location of each kind, also set as ARTFS_REGISTRY."""
+    """A fresh empty registry of each kind (made by `artfs init`), also set as ARTFS_REGISTRY."""
     if request.param == "local":
         url = str(tmp_path / "registry")
     else:
         url = request.getfixturevalue("make_store_url")(request.param)
     monkeypatch.setenv("ARTFS_REGISTRY", url)
+    init_registry(url)
     return url
 
 

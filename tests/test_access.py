@@ -21,6 +21,7 @@ import pytest
 
 import sdk
 from artfs.errors import AccessDenied
+from artfs.registry import init_registry
 from tests.servers import S3_UNSET_ENV, boto3_pointed_at, s3_client_env, start_moto, stop_server
 
 ENTITY, PROJECT = "acme", "vision"
@@ -71,6 +72,7 @@ def enforcing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enforcing]:
             (src / "sub").mkdir(parents=True)
             (src / "a.txt").write_text("alpha")
             (src / "sub" / "b.txt").write_text("beta")
+            init_registry(url)
             with sdk.init(job_type="setup", project=PROJECT, registry=url) as run:
                 art = sdk.Artifact("data", type="dataset")
                 art.add_dir(str(src))

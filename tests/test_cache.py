@@ -85,7 +85,7 @@ class RemoteLikeStore(Store):
 @pytest.fixture
 def remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
     monkeypatch.setenv("ARTFS_CACHE_SIZE", "250")
-    return Registry(store=RemoteLikeStore(tmp_path / "remote"))
+    return Registry(store=RemoteLikeStore(tmp_path / "remote"), create=True)
 
 
 def log(reg: Registry, files: dict[str, bytes]) -> sdk.Artifact:

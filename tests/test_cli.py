@@ -66,7 +66,7 @@ def test_put_of_a_missing_path_names_it_and_changes_nothing(
     code, _, err = artfs(capsys, "put", str(data), str(data / "nope"), "--name", "ds",
                          "--type", "dataset")
     assert code == 1 and "nope" in err
-    assert not Path(registry_url).exists()
+    assert Registry(registry_url).entities() == []
 
 
 def test_put_of_two_files_with_one_name_is_refused(
@@ -77,14 +77,14 @@ def test_put_of_two_files_with_one_name_is_refused(
     (other / "a.txt").write_text("other a")
     code, _, err = artfs(capsys, "put", str(data), str(other), "--name", "ds", "--type", "dataset")
     assert code == 1 and "'a.txt'" in err and "added twice" in err
-    assert not Path(registry_url).exists()
+    assert Registry(registry_url).entities() == []
 
 
 def test_put_with_a_version_like_alias_is_refused(registry_url: str, data: Path, capsys) -> None:
     code, _, err = artfs(capsys, "put", str(data), "--name", "ds", "--type", "dataset",
                          "--alias", "v3")
     assert code == 1 and "'v3'" in err
-    assert not Path(registry_url).exists()
+    assert Registry(registry_url).entities() == []
 
 
 def test_put_with_another_type_is_refused(put_v0, data: Path, capsys) -> None:
@@ -173,16 +173,17 @@ def test_registry_option_selects_the_registry(
 ) -> None:
     reg = str(tmp_path / "chosen")
     opt = ["--registry", reg]
+    assert artfs(capsys, "init", reg)[0] == 0
     put = ["put", str(data), "--name", "ds", "--type", "dataset"]
     assert artfs(capsys, *(opt + put if before else put + opt))[0] == 0
-    assert (tmp_path / "chosen" / "registry.json").exists()
     assert not Path(os.environ["ARTFS_REGISTRY"]).exists()
     assert artfs(capsys, "ls", "--registry", reg)[1].split() == [ENTITY]
 
 
-def test_commands_other_than_put_do_not_create_a_registry(tmp_path: Path, capsys) -> None:
-    code, _, err = artfs(capsys, "ls", "--registry", str(tmp_path / "none"))
-    assert code == 1 and "none" in err
+def test_commands_do_not_create_a_named_registry(tmp_path: Path, data: Path, capsys) -> None:
+    for argv in (["ls"], ["put", str(data), "--name", "ds", "--type", "dataset"]):
+        code, _, err = artfs(capsys, *argv, "--registry", str(tmp_path / "none"))
+        assert code == 1 and "none" in err and "artfs init" in err
     assert not (tmp_path / "none").exists()
 
 

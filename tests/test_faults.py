@@ -23,7 +23,7 @@ import pytest
 import sdk
 from artfs.errors import ArtfsError
 from artfs.names import ArtifactRef
-from artfs.registry import Registry
+from artfs.registry import Registry, init_registry
 from tests.faultproxy import FaultProxy
 
 #: Requests meeting a fault in the random-fault test: high enough that every log and download
@@ -58,6 +58,7 @@ def flaky(
     monkeypatch.setenv(ENDPOINT_VAR[kind], proxy.endpoint)
     monkeypatch.setenv("ARTFS_REGISTRY", url)
     monkeypatch.setenv("ARTFS_PROJECT", PROJECT)
+    init_registry(url)  # the proxy injects no faults yet
     try:
         yield Flaky(kind, url, server.endpoint, proxy)
     finally:

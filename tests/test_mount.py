@@ -17,7 +17,7 @@ import pytest
 
 import sdk
 from artfs.names import ArtifactRef
-from artfs.registry import Registry
+from artfs.registry import Registry, init_registry
 from tests.mount_fixtures import tree_of
 
 #: Tests of behaviour that does not depend on the store kind run on a local registry only.
@@ -145,6 +145,7 @@ def test_corrupt_blob_is_eio_for_that_file_only(tmp_path: Path, log_files, mount
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     url = str(tmp_path / "local-registry")
     monkeypatch.setenv("ARTFS_REGISTRY", url)
+    init_registry(url)
     log_files("ds", FILES)
     reg = Registry(url)
     v = reg.version(ArtifactRef("tester", "uncategorized", "ds", "v0"))
@@ -297,6 +298,7 @@ def test_a_blob_changed_under_an_open_file_is_eio_not_a_crash(tmp_path: Path, lo
     that read with EIO (a careless mapping access would kill the mount with SIGBUS)."""
     url = str(tmp_path / "local-registry")
     monkeypatch.setenv("ARTFS_REGISTRY", url)
+    init_registry(url)
     data = os.urandom(4 * 1024 * 1024)
     log_files("ds", {"big.bin": data, "other.bin": b"other"})
     reg = Registry(url)

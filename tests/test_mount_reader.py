@@ -54,7 +54,7 @@ def run_reads(tmp_path: Path, size: int, digest: str,
         time.sleep(delay)
         return fetch(off, n)
 
-    registry = Registry(str(tmp_path / "registry"))
+    registry = Registry(str(tmp_path / "registry"), create=True)
     reader = Reader(registry, trio.CapacityLimiter(8), tmp_path)
 
     async def main() -> None:
@@ -119,7 +119,7 @@ def test_sequential_read_fetches_each_byte_once_in_parts_and_verifies(tmp_path: 
     # The window grew from 1 MiB: most of the blob came in whole parts, several at once.
     assert sum(n for _, n in fetched if n == PART) >= size - 2 * READ_AHEAD_MAX
     assert max(in_flight) >= 4
-    registry = Registry(str(tmp_path / "registry"))
+    registry = Registry(str(tmp_path / "registry"), create=True)
     assert registry.cache.get(digest) is not None  # the complete blob joined the shared cache
     assert not list(tmp_path.glob("*.partial"))
 
@@ -138,7 +138,7 @@ def test_read_ahead_of_an_abandoned_reader_is_bounded_and_leaves_nothing(tmp_pat
     fetched = run_reads(tmp_path, size, digest, body, delay=0.001)
     assert sum(n for _, n in fetched) <= 4 * MiB + READ_AHEAD_MAX + PART
     assert not list(tmp_path.glob("*.partial"))  # closing removed the partial file
-    registry = Registry(str(tmp_path / "registry"))
+    registry = Registry(str(tmp_path / "registry"), create=True)
     assert registry.cache.get(digest) is None
     assert not list((registry.cache.root / "tmp").iterdir())
 
@@ -168,7 +168,7 @@ def test_a_reader_closing_after_the_last_byte_still_adds_the_blob_to_the_cache(
         # Returns at once: the handle closes while the hash may still be catching up.
 
     run_reads(tmp_path, size, digest, body)
-    registry = Registry(str(tmp_path / "registry"))
+    registry = Registry(str(tmp_path / "registry"), create=True)
     assert registry.cache.get(digest) is not None
     assert not list(tmp_path.glob("*.partial"))
 
@@ -197,7 +197,8 @@ def test_a_cached_blob_evicted_between_lookup_and_open_is_fetched_again(
     data = b"evicted-between-get-and-open" * 1000
     src = tmp_path / "f.bin"
     src.write_bytes(data)
-    registry = Registry(make_store_url("s3"), cache_dir=tmp_path / "cache")
+    registry = Registry(make_store_url("s3"), cache_dir=tmp_path / "cache",
+                        create=True)
     with sdk.init(job_type="t", project="p", entity="e", registry=registry) as run:
         art = sdk.Artifact("a", type="dataset")
         art.add_file(src)

@@ -16,7 +16,7 @@ from artfs.errors import CorruptRecord, IntegrityError
 from artfs.manifest import Entry, Manifest
 from artfs.names import ArtifactRef
 from artfs.packs import PACK_BLOB_MAX, PackBuilder, PackLoc, split
-from artfs.registry import Registry, Source
+from artfs.registry import Registry, Source, init_registry
 from artfs.staging import ROOT
 
 ENTITY = "tester"
@@ -37,6 +37,7 @@ def remote(request: pytest.FixtureRequest, make_store_url: Callable[[str], str],
     """A fresh S3 or GCS registry, set as ARTFS_REGISTRY."""
     url = make_store_url(request.param)
     monkeypatch.setenv("ARTFS_REGISTRY", url)
+    init_registry(url)
     return url
 
 

@@ -138,7 +138,7 @@ def test_writer_killed_mid_upload_leaves_no_version_and_the_next_one_succeeds(
 def test_registry_open_sweeps_temp_files_of_a_killed_writer(tmp_path: Path) -> None:
     """Local stores only: object stores have no temp files (a failed upload leaves nothing)."""
     url = str(tmp_path / "registry")
-    Registry(url).close()
+    Registry(url, create=True).close()
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(BIG))
     env = {**os.environ, "ARTFS_REGISTRY": url}

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from artfs.cli import main
+from artfs.registry import init_registry
 
 #: A long-lived reader: for each line on stdin, resolve `name:latest` again with the same Api
 #: object (no restart) and print what it holds.
@@ -88,7 +89,9 @@ def log_one(env: dict[str, str], tmp: Path, name: str, text: str) -> dict[str, s
 
 @pytest.fixture(params=["s3", "gcs"])
 def shared_url(request: pytest.FixtureRequest, make_store_url: Callable[[str], str]) -> str:
-    return make_store_url(request.param)
+    url = make_store_url(request.param)
+    init_registry(url)
+    return url
 
 
 def test_reader_sees_a_new_alias_from_another_machine_without_restarting(
@@ -151,6 +154,7 @@ def test_registry_option_selects_a_bucket_and_info_shows_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     url = make_store_url(kind)
+    assert main(["init", url]) == 0
     (tmp_path / "f.txt").write_text("x")
     # ARTFS_REGISTRY (set by isolated_env) names a local folder: the option must win.
     assert main(["put", str(tmp_path / "f.txt"), "--name", "ds", "--type", "dataset",

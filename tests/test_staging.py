@@ -22,7 +22,7 @@ FILES = {"model.h5": b"weights" * 100, "images/cat.png": b"cat", "images/dog.png
 
 @pytest.fixture
 def reg(tmp_path: Path) -> Iterator[Registry]:
-    r = Registry(str(tmp_path / "registry"))
+    r = Registry(str(tmp_path / "registry"), create=True)
     yield r
     r.close()
 

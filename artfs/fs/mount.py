@@ -168,10 +168,9 @@ def serve(opts: MountOptions, ready: Callable[[], None], pid_file: Path | None) 
     # `kill -USR1 PID` writes every thread's stack to the log: how to see what a hung request
     # is waiting for.
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
-    explicit = opts.registry or os.environ.get("ARTFS_REGISTRY")
     # The embedded default registry is created on first use, so `make mount` works on a fresh
     # machine; a registry the user named must already exist (a typo must not create one).
-    registry = Registry(opts.registry, cache_size=opts.cache_size, create=not explicit)
+    registry = Registry(opts.registry, cache_size=opts.cache_size)
     cache_dir = config.cache_dir()
     work_root = cache_dir / "fs-work"
     _sweep_work_dirs(work_root)
