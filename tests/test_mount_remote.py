@@ -68,7 +68,7 @@ class Remote:
 
 
 def commit_files(url: str, name: str, files: dict[str, bytes]) -> None:
-    reg = Registry(url)
+    reg = Registry(url, create=True)
     try:
         digests = {p: reg.put_blob(ENTITY, data) for p, data in files.items()}
         manifest = Manifest(Entry(p, len(files[p]), d) for p, d in digests.items())
