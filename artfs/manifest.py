@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any
 from .errors import CorruptRecord, InvalidPath
 from .names import check_entry_path
 from .packs import PackLoc
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -54,6 +57,16 @@ class Entry:
         if self.extra:
             out["extra"] = dict(self.extra)
         return out
+
+    def extra_json(self) -> str | None:
+        """`extra` as the one canonical JSON text that indexes store and compare; None if empty."""
+        return json.dumps(dict(self.extra), sort_keys=True) if self.extra else None
+
+    @classmethod
+    def from_index(cls, path: str, size: int | None, digest: str | None, ref: str | None,
+                   extra_json: str | None) -> Entry:
+        """The entry an index row holds, `extra` as `extra_json` wrote it."""
+        return cls(path, size, digest, ref, json.loads(extra_json) if extra_json else {})
 
     @classmethod
     def from_json(cls, path: str, data: Mapping[str, Any]) -> Entry:
@@ -156,3 +169,29 @@ class Manifest(Mapping[str, Entry]):
         if not canonical and manifest.digest != expect_digest:
             raise CorruptRecord(f"manifest {expect_digest} does not match its digest")
         return manifest
+
+
+def walk_tree(manifest: Manifest) -> Iterator[tuple[str, str, str, Entry | None]]:
+    """(path, parent path, name, entry) of every folder (entry None) and file of `manifest`,
+    each folder before what it holds; the top folder's path is "".
+
+    A path that is both a file and a folder (`a` and `a/b`) shows as the file, and what would
+    be below it is left out with a warning: the mount and staging must show the same tree.
+    """
+    folders: set[str] = {""}
+    files: set[str] = set()
+    for path in sorted(manifest):
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts) - 1)]
+        if path in folders or any(p in files for p in prefixes):
+            log.warning("manifest %s: %r is both a file and a folder; showing the file",
+                        manifest.digest, path)
+            continue
+        parent = ""
+        for prefix, name in zip(prefixes, parts, strict=False):
+            if prefix not in folders:
+                folders.add(prefix)
+                yield prefix, parent, name, None
+            parent = prefix
+        files.add(path)
+        yield path, parent, parts[-1], manifest[path]

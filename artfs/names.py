@@ -17,12 +17,17 @@ LATEST = "latest"
 
 def check_name(value: str, what: str = "artifact name") -> str:
     """Return `value` if it is a valid entity, project or artifact name."""
-    if not isinstance(value, str) or not _NAME.match(value) or value in (".", ".."):
+    if not is_name(value):
         raise InvalidName(
             f"invalid {what} {value!r}: use 1-128 letters, digits, '_', '-' or '.' "
             "(not '.' or '..' alone)"
         )
     return value
+
+
+def is_name(value: str) -> bool:
+    """Whether `value` may name an entity, project or artifact (for filtering listings)."""
+    return isinstance(value, str) and bool(_NAME.match(value)) and value not in (".", "..")
 
 
 def check_alias(value: str) -> str:

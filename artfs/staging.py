@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 import sqlite3
@@ -39,8 +38,8 @@ from typing import Any, NamedTuple
 from . import config
 from .errors import ArtfsError
 from .hashing import CHUNK, stat_key
-from .manifest import Entry, Manifest
-from .names import LATEST, ArtifactRef, check_name
+from .manifest import Entry, Manifest, walk_tree
+from .names import LATEST, ArtifactRef, check_name, is_name
 from .registry import CommitResult, Registry, Source, Version
 
 #: Row id of the staging folder itself, as in a version index.
@@ -104,8 +103,7 @@ class Node(NamedTuple):
         return self.kind == "dir"
 
     def entry(self, path: str) -> Entry:
-        return Entry(path, self.size, self.digest, self.ref,
-                     json.loads(self.extra) if self.extra else {})
+        return Entry.from_index(path, self.size, self.digest, self.ref, self.extra)
 
 
 @dataclass
@@ -155,18 +153,11 @@ def _subdirs(folder: Path) -> Iterator[Path]:
     try:
         with os.scandir(folder) as it:
             for d in it:
-                if d.is_dir() and _valid(d.name):
+                if d.is_dir() and is_name(d.name):
                     yield Path(d.path)
     except FileNotFoundError:
         return
 
-
-def _valid(name: str) -> bool:
-    try:
-        check_name(name)
-    except ValueError:
-        return False
-    return True
 
 
 def add_pending(registry_url: str, parts: tuple[str, ...]) -> None:
@@ -397,7 +388,7 @@ class Staging:
         return {path_of(n): n for n in nodes if n.kind != "dir"}
 
     def base(self) -> dict[str, Entry]:
-        return {r[0]: Entry(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else {})
+        return {r[0]: Entry.from_index(*r)
                 for r in self.db.execute("SELECT path, size, digest, ref, extra FROM base")}
 
     def local_stat(self, node: Node) -> os.stat_result:
@@ -592,36 +583,25 @@ class Staging:
         self._sweep_files()
 
     def _insert_manifest(self, manifest: Manifest, mtime_ns: int | None = None) -> None:
-        dirs: dict[str, int] = {"": ROOT}
+        ids: dict[str, int] = {"": ROOT}
         now = mtime_ns or _now()
-        for path in sorted(manifest):
-            entry = manifest[path]
-            parts = path.split("/")
-            parent = ROOT
-            for i in range(len(parts) - 1):
-                prefix = "/".join(parts[: i + 1])
-                if prefix not in dirs:
-                    cur = self.db.execute(
-                        "INSERT OR IGNORE INTO nodes (parent, name, kind, mtime_ns, mode)"
-                        " VALUES (?,?,?,?,?)", (parent, parts[i], "dir", now, DIR_MODE))
-                    dirs[prefix] = cur.lastrowid if cur.rowcount else -1
-                parent = dirs[prefix]
-            if parent < 0:
-                continue  # below a path that is also a file; tree.py shows the folder instead
-            extra = json.dumps(dict(entry.extra), sort_keys=True) if entry.extra else None
+        for path, parent, name, entry in walk_tree(manifest):
+            if entry is None:
+                ids[path] = self.db.execute(
+                    "INSERT INTO nodes (parent, name, kind, mtime_ns, mode) VALUES (?,?,?,?,?)",
+                    (ids[parent], name, "dir", now, DIR_MODE)).lastrowid
+                continue
             self.db.execute(
-                "INSERT OR IGNORE INTO nodes (parent, name, kind, size, mtime_ns, mode, digest,"
-                " ref, extra) VALUES (?,?,?,?,?,?,?,?,?)",
-                (parent, parts[-1], "base", entry.size, now, FILE_MODE, entry.digest,
-                 entry.ref, extra))
+                "INSERT INTO nodes (parent, name, kind, size, mtime_ns, mode, digest, ref, extra)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (ids[parent], name, "base", entry.size, now, FILE_MODE, entry.digest,
+                 entry.ref, entry.extra_json()))
 
     def _set_base(self, manifest: Manifest | None, base_version: int | None) -> None:
         self.db.execute("DELETE FROM base")
         if manifest is not None:
             self.db.executemany("INSERT INTO base VALUES (?,?,?,?,?)", [
-                (e.path, e.size, e.digest, e.ref,
-                 json.dumps(dict(e.extra), sort_keys=True) if e.extra else None)
-                for e in manifest.values()])
+                (e.path, e.size, e.digest, e.ref, e.extra_json()) for e in manifest.values()])
         self.set_meta("base_version", None if base_version is None else str(base_version))
 
     def _sweep_files(self) -> None:
@@ -677,8 +657,7 @@ class Staging:
             if old is None:
                 out.added.append(path)
             elif node.kind == "base":
-                if (node.digest, node.ref) != (old.digest, old.ref) or node.extra != (
-                        json.dumps(dict(old.extra), sort_keys=True) if old.extra else None):
+                if (node.digest, node.ref, node.extra) != (old.digest, old.ref, old.extra_json()):
                     out.changed.append(path)
             elif old.ref is not None or self.local_stat(node).st_size != old.size or \
                     self.current_digest(node) != old.digest:

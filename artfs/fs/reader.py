@@ -22,7 +22,6 @@ import ctypes
 import errno
 import functools
 import hashlib
-import json
 import logging
 import mmap
 import os
@@ -604,8 +603,7 @@ class Reader:
 
     async def _open_reference(self, row: Row, where: str) -> Handle:
         assert row.ref is not None
-        entry = Entry(row.path, row.size, row.digest, row.ref,
-                      json.loads(row.extra) if row.extra else {})
+        entry = Entry.from_index(row.path, row.size, row.digest, row.ref, row.extra)
         if entry.digest is not None:
             digest = entry.digest
             path = await self._single.get(

@@ -10,7 +10,6 @@ registry or the file bytes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -24,8 +23,8 @@ from typing import Any, NamedTuple, TypeVar
 import trio
 
 from .. import staging
-from ..manifest import Manifest
-from ..names import ArtifactRef, check_name, parse_version
+from ..manifest import Manifest, walk_tree
+from ..names import ArtifactRef, is_name, parse_version
 from ..registry import Registry, Version
 from .inodes import VIEW_ROOT_ROW, View
 
@@ -162,36 +161,20 @@ def build_index(manifest: Manifest, dest: Path) -> None:
             "CREATE TABLE nodes (id INTEGER PRIMARY KEY, parent INTEGER, name TEXT, path TEXT,"
             " is_dir INTEGER, size INTEGER, digest TEXT, ref TEXT, extra TEXT, subdirs INTEGER)"
         )
-        dirs: dict[str, int] = {"": VIEW_ROOT_ROW}
+        ids: dict[str, int] = {"": VIEW_ROOT_ROW}
         subdirs: dict[int, int] = {VIEW_ROOT_ROW: 0}
-        files: set[str] = set()
         rows: list[tuple[Any, ...]] = [(VIEW_ROOT_ROW, 0, "", "", 1, None, None, None, None)]
         next_id = VIEW_ROOT_ROW + 1
-        for path in sorted(manifest):
-            entry = manifest[path]
-            parts = path.split("/")
-            parent = VIEW_ROOT_ROW
-            clash = False
-            for i in range(len(parts) - 1):
-                prefix = "/".join(parts[: i + 1])
-                if prefix in files:
-                    clash = True
-                    break
-                if prefix not in dirs:
-                    dirs[prefix] = next_id
-                    subdirs[next_id] = 0
-                    subdirs[parent] += 1
-                    rows.append((next_id, parent, parts[i], prefix, 1, None, None, None, None))
-                    next_id += 1
-                parent = dirs[prefix]
-            if clash or path in dirs:
-                log.warning("manifest %s: %r is both a file and a folder; showing the folder",
-                            manifest.digest, path)
-                continue
-            files.add(path)
-            extra = json.dumps(dict(entry.extra), sort_keys=True) if entry.extra else None
-            rows.append((next_id, parent, parts[-1], path, 0, entry.size, entry.digest,
-                         entry.ref, extra))
+        for path, parent, name, entry in walk_tree(manifest):
+            parent_id = ids[parent]
+            if entry is None:
+                ids[path] = next_id
+                subdirs[next_id] = 0
+                subdirs[parent_id] += 1
+                rows.append((next_id, parent_id, name, path, 1, None, None, None, None))
+            else:
+                rows.append((next_id, parent_id, name, path, 0, entry.size, entry.digest,
+                             entry.ref, entry.extra_json()))
             next_id += 1
         db.executemany(
             "INSERT INTO nodes VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -263,7 +246,7 @@ class Tree:
             return [f"v{n}" for n in listing.versions] + sorted(listing.aliases)
         # Entities, projects and artifacts made with `mkdir` and not committed yet.
         pending = staging.pending_names(self.registry.url, parts)
-        return sorted({n for n in names if _is_name(n)} | set(pending))
+        return sorted({n for n in names if is_name(n)} | set(pending))
 
     async def resolve_label(self, entity: str, project: str, name: str, label: str) -> int | None:
         """The version `label` (vN or an alias) names right now, or None."""
@@ -334,10 +317,3 @@ def _read_through(path: Path) -> None:
         while f.read(4 * 1024 * 1024):
             pass
 
-
-def _is_name(name: str) -> bool:
-    try:
-        check_name(name)
-    except ValueError:
-        return False
-    return True
