@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -241,18 +244,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str, code: int) -> int:
+    """An expected failure ends in one line; ARTFS_DEBUG=1 adds the traceback."""
+    if os.environ.get("ARTFS_DEBUG"):
+        traceback.print_exc()
+    print(f"artfs: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ArtfsError as e:
-        print(f"artfs: error: {e}", file=sys.stderr)
-        return 1
-    except json.JSONDecodeError as e:
-        print(f"artfs: error: --metadata is not valid JSON: {e}", file=sys.stderr)
-        return 2
+        sys.stdout.flush()  # a reader that went away shows up here, not at interpreter exit
+    except BrokenPipeError:
+        # `artfs ls | head -1`: the reader has all it wanted. Point stdout at /dev/null so the
+        # interpreter's final flush does not fail again, and exit as if killed by SIGPIPE.
+        if os.environ.get("ARTFS_DEBUG"):
+            traceback.print_exc()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
-        return 130
+        return _fail("interrupted", 128 + signal.SIGINT)
+    except ArtfsError as e:
+        return _fail(f"error: {e}", 1)
+    except json.JSONDecodeError as e:
+        return _fail(f"error: --metadata is not valid JSON: {e}", 2)
+    except OSError as e:  # a destination that cannot be written, a disk that is full, ...
+        return _fail(f"error: {e}", 1)
     return 0
 
 
