@@ -120,8 +120,10 @@ def prepare_mountpoint(mnt: Path) -> None:
     if not mnt.is_dir():
         raise ArtfsError(f"mount point {mnt} is not a directory")
     if os.path.ismount(mnt):
-        raise ArtfsError(f"{mnt} is already a mount point; unmount it first "
-                         f"(`artfs umount {mnt}`)")
+        kind, source = mounted_source(mnt) or ("?", "?")
+        serving = f"artfs, serving {source}" if kind == "fuse.artfs" else f"{kind} of {source}"
+        raise ArtfsError(f"{mnt} is already a mount point ({serving}); unmount it first "
+                         f"(`artfs umount {mnt}`) or mount on another empty folder")
     with os.scandir(mnt) as it:
         if any(True for _ in it):
             raise ArtfsError(f"mount point {mnt} is not empty; mounting would hide its "
@@ -134,8 +136,7 @@ def _mount_device(mnt: Path) -> str | None:
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")
-            if point == str(mnt):
+            if _unescape(fields[4]) == str(mnt):
                 found = fields[2]
     return found
 
@@ -152,6 +153,29 @@ def raise_read_ahead(mnt: Path) -> None:
         log.info("read-ahead of %s set to %d KiB", mnt, READ_AHEAD_KB)
     except OSError as e:
         log.info("kernel read-ahead stays at its default (%s: %s)", path, e)
+
+
+def _escape_option(value: str) -> str:
+    """libfuse splits options at commas; a backslash keeps one (or itself) literal."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def mounted_source(mnt: Path) -> tuple[str, str] | None:
+    """(file system type, source) of the mount at `mnt` from mountinfo: for an artfs mount,
+    `fuse.artfs` and the registry URL it serves."""
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if _unescape(fields[4]) == str(mnt):
+                rest = fields[fields.index("-") + 1:]
+                found = (rest[0], _unescape(rest[1]))
+    return found
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (`\\040`)."""
+    return field.encode().decode("unicode_escape")
 
 
 def _sweep_work_dirs(root: Path) -> None:
@@ -182,7 +206,8 @@ def serve(opts: MountOptions, ready: Callable[[], None], pid_file: Path | None) 
     ops = Operations(registry, tree, reader)
 
     options = set(pyfuse3.default_options)
-    options |= {"fsname=artfs", "subtype=artfs"}
+    # `mount` and `df` show the registry as the mount's source.
+    options |= {f"fsname={_escape_option(registry.url)}", "subtype=artfs"}
     if opts.read_only:
         options.add("ro")
     if opts.allow_other:
