@@ -1,20 +1,35 @@
-"""The local content-addressed cache of blobs fetched from a remote registry or reference.
+"""This machine's cache folder (`ARTFS_CACHE_DIR`), shared by every registry and process.
 
-Layout, readable with `ls`: `blobs/<2 hex>/<sha256>` holds whole verified blobs, `tmp/` holds
-fills in progress (a partial download never has a final name), `index.db` records sizes and
-last use for least-recently-used eviction down to the configured size.
+Everything in it can be fetched or rebuilt again; `LocalCache` is the one place that knows its
+layout, readable with `ls`:
+
+    blobs/<2 hex>/<sha256>        whole verified blobs, from a remote registry or a reference
+    tmp/                          fills in progress (a partial download never has a final name)
+    index.db                      size and last use of every blob and version index (LRU)
+    fs-index/<2 hex>/<digest>.v<format>.db   a mount's index of one version's manifest
+    fs-work/<pid>/                a mount's partial reads of large remote blobs (swept when the
+                                  mount process is gone)
+    hashes.db                     path → (stat, sha256) of files this user hashed (hashing.py)
+    packs.db                      where blobs this machine saw live inside packs (packs.py)
+
+Blobs and version indexes share one least-recently-used budget (`ARTFS_CACHE_SIZE`); the two
+tables and a mount's partial reads are counted but not evicted: they are small, or in use.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import config
 from .errors import IntegrityError
 from .hashing import hash_file
+from .procs import pid_alive
 from .sqlite import SharedDB
 
 #: Touching a blob's last-use time at most this often keeps hot reads off SQLite.
@@ -30,7 +45,9 @@ class BlobCache:
         (root / "blobs").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(parents=True, exist_ok=True)
         self._db = SharedDB(root / "index.db", "CREATE TABLE IF NOT EXISTS blobs"
-                            " (digest TEXT PRIMARY KEY, size INTEGER, last_used REAL)")
+                            " (digest TEXT PRIMARY KEY, size INTEGER, last_used REAL);"
+                            "CREATE TABLE IF NOT EXISTS files"
+                            " (path TEXT PRIMARY KEY, size INTEGER, last_used REAL)")
         self._touched: dict[str, float] = {}
 
     def path(self, digest: str) -> Path:
@@ -122,10 +139,29 @@ class BlobCache:
             self._db.write_many("INSERT OR REPLACE INTO blobs VALUES (?,?,?)", rows)
             self.evict()
 
+    def add_file(self, path: Path, last_used: float | None = None) -> None:
+        """Count a rebuildable file below `root` (a version index) in the LRU budget."""
+        rel = str(path.relative_to(self.root))
+        self._db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?)",
+                         (rel, path.stat().st_size, last_used or time.time()))
+        self.evict(keep=rel)
+
+    def touch_file(self, path: Path) -> None:
+        self._db.execute("UPDATE files SET last_used=? WHERE path=?",
+                         (time.time(), str(path.relative_to(self.root))))
+
     def usage(self) -> tuple[int, int]:
         """(number of blobs, bytes) currently recorded."""
         n, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size),0) FROM blobs").fetchone()
         return n, total
+
+    def files_usage(self) -> tuple[int, int]:
+        """(number of other files, bytes) currently recorded."""
+        n, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size),0) FROM files").fetchone()
+        return n, total
+
+    def tracked_files(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT path FROM files")}
 
     def evict(self, limit: int | None = None, keep: str | None = None) -> int:
         """Drop least-recently-used blobs until the cache fits `limit`; returns bytes freed.
@@ -134,18 +170,26 @@ class BlobCache:
         limit, since deleting it would fail the read that just fetched it.
         """
         limit = self.limit if limit is None else limit
-        _, total = self.usage()
+        total = self._db.execute("SELECT (SELECT COALESCE(SUM(size),0) FROM blobs)"
+                                 " + (SELECT COALESCE(SUM(size),0) FROM files)").fetchone()[0]
         freed = 0
         if total <= limit:
             return 0
-        rows = self._db.execute("SELECT digest, size FROM blobs ORDER BY last_used").fetchall()
-        for digest, size in rows:
+        rows = self._db.execute("SELECT 1, digest, size, last_used FROM blobs UNION ALL"
+                                " SELECT 0, path, size, last_used FROM files"
+                                " ORDER BY last_used").fetchall()
+        for is_blob, name, size, _ in rows:
             if total - freed <= limit:
                 break
-            if digest == keep:
+            if name == keep:
                 continue
-            self.path(digest).unlink(missing_ok=True)
-            self._db.execute("DELETE FROM blobs WHERE digest=?", (digest,))
+            if is_blob:
+                self.path(name).unlink(missing_ok=True)
+                self._db.execute("DELETE FROM blobs WHERE digest=?", (name,))
+            else:
+                # A mount reading this index keeps its open file; the next open rebuilds it.
+                (self.root / name).unlink(missing_ok=True)
+                self._db.execute("DELETE FROM files WHERE path=?", (name,))
             freed += size
         return freed
 
@@ -155,3 +199,83 @@ class BlobCache:
         for p in (self.root / "tmp").iterdir():
             p.unlink(missing_ok=True)
         return freed
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the cache folder holds, by kind: (count, bytes) each."""
+
+    blobs: tuple[int, int]
+    indexes: tuple[int, int]
+    other: tuple[int, int]
+
+    @property
+    def bytes(self) -> int:
+        return self.blobs[1] + self.indexes[1] + self.other[1]
+
+
+class LocalCache:
+    """The cache folder as a whole: where each kind of file lives, and its one budget."""
+
+    def __init__(self, root: Path | None = None, limit: int | None = None) -> None:
+        self.root = root or config.cache_dir()
+        self.blobs = BlobCache(self.root, config.cache_size() if limit is None else limit)
+
+    @property
+    def hashes_db(self) -> Path:
+        return self.root / "hashes.db"
+
+    @property
+    def packs_db(self) -> Path:
+        return self.root / "packs.db"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "fs-index"
+
+    @property
+    def work_root(self) -> Path:
+        return self.root / "fs-work"
+
+    def index_path(self, digest: str, fmt: int) -> Path:
+        return self.index_dir / digest[:2] / f"{digest}.v{fmt}.db"
+
+    def work_dir(self) -> Path:
+        """This process's folder for partial reads; those of dead processes are swept first."""
+        self.sweep_work()
+        path = self.work_root / str(os.getpid())
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def sweep_work(self) -> None:
+        """Remove partial reads of mount processes that are gone."""
+        if not self.work_root.is_dir():
+            return
+        for d in self.work_root.iterdir():
+            if d.name.isdigit() and not pid_alive(int(d.name)):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _index_files(self) -> Iterator[Path]:
+        if self.index_dir.is_dir():
+            yield from (p for p in self.index_dir.glob("*/*.db") if p.is_file())
+
+    def _count_untracked_indexes(self) -> None:
+        """Indexes built before they were counted (older versions of artfs) join the budget."""
+        tracked = self.blobs.tracked_files()
+        for p in self._index_files():
+            if str(p.relative_to(self.root)) not in tracked:
+                self.blobs.add_file(p, last_used=p.stat().st_mtime)
+
+    def usage(self) -> Usage:
+        self._count_untracked_indexes()
+        other = [p for p in (self.hashes_db, self.packs_db) if p.exists()]
+        if self.work_root.is_dir():
+            other += [p for p in self.work_root.rglob("*") if p.is_file()]
+        sizes = [p.stat().st_blocks * 512 for p in other]
+        return Usage(self.blobs.usage(), self.blobs.files_usage(), (len(sizes), sum(sizes)))
+
+    def clean(self) -> int:
+        """Drop every blob and version index, and dead mounts' partial reads; returns bytes."""
+        self._count_untracked_indexes()
+        self.sweep_work()
+        return self.blobs.clean()

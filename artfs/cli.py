@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import config, transfer
-from .cache import BlobCache
+from .cache import LocalCache
 from .errors import ArtfsError, SourceError
 from .names import ArtifactRef, check_alias, check_name, parse_ref
 from .registry import Registry, Source, check_metadata, check_unique, init_registry
@@ -171,12 +171,14 @@ def cmd_alias(args: argparse.Namespace) -> None:
 
 def cmd_cache(args: argparse.Namespace) -> None:
     # The cache is this machine's, shared by every registry: no registry needs to exist.
-    cache = BlobCache(config.cache_dir(), config.cache_size())
+    cache = LocalCache()
     if args.clean:
         print(f"freed {_human(cache.clean())} from {cache.root}")
         return
-    n, total = cache.usage()
-    print(f"{cache.root}: {n} blobs, {_human(total)} of {_human(cache.limit)}")
+    u = cache.usage()
+    print(f"{cache.root}: {u.blobs[0]} blobs, {u.indexes[0]} version indexes, "
+          f"{_human(u.blobs[1] + u.indexes[1])} of {_human(cache.blobs.limit)}; "
+          f"{_human(u.other[1])} more in tables and partial reads")
 
 
 # -- parser -------------------------------------------------------------------------------------

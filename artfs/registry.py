@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config, keys
-from .cache import BlobCache
+from .cache import LocalCache
 from .errors import (
     ArtifactNotFound,
     CorruptRecord,
@@ -238,10 +238,11 @@ class Registry:
         if create is None:
             create = store is None and config.is_embedded_default(url)
         self._check_marker(create)
-        cdir = cache_dir or config.cache_dir()
-        self.cache = BlobCache(cdir, config.cache_size() if cache_size is None else cache_size)
-        self.hashes = HashCache(cdir / "hashes.db")
-        self.packs = PackIndex(cdir / "packs.db")
+        #: This machine's cache folder; `cache` is its blobs.
+        self.local_cache = LocalCache(cache_dir, cache_size)
+        self.cache = self.local_cache.blobs
+        self.hashes = HashCache(self.local_cache.hashes_db)
+        self.packs = PackIndex(self.local_cache.packs_db)
         #: Threads for moving many files: network latency wants many, a local disk one.
         self.workers = self.store.transfer_workers
         #: Whether small blobs go into packs (where each request is a round trip).

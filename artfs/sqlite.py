@@ -27,7 +27,7 @@ def connect_shared(path: Path, schema: str) -> sqlite3.Connection:
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(schema)
+            db.executescript(schema)
             return db
         except sqlite3.OperationalError as e:
             if "locked" not in str(e) or time.monotonic() > deadline:

@@ -178,15 +178,6 @@ def _unescape(field: str) -> str:
     return field.encode().decode("unicode_escape")
 
 
-def _sweep_work_dirs(root: Path) -> None:
-    """Remove partial downloads of mount processes that are gone."""
-    if not root.is_dir():
-        return
-    for d in root.iterdir():
-        if d.name.isdigit() and not Path(f"/proc/{d.name}").exists():
-            shutil.rmtree(d, ignore_errors=True)
-
-
 def serve(opts: MountOptions, ready: Callable[[], None], pid_file: Path | None) -> None:
     """Mount, serve requests until unmounted or signalled, then unmount and clean up."""
     # `kill -USR1 PID` writes every thread's stack to the log: how to see what a hung request
@@ -195,13 +186,9 @@ def serve(opts: MountOptions, ready: Callable[[], None], pid_file: Path | None) 
     # The embedded default registry is created on first use, so `make mount` works on a fresh
     # machine; a registry the user named must already exist (a typo must not create one).
     registry = Registry(opts.registry, cache_size=opts.cache_size)
-    cache_dir = config.cache_dir()
-    work_root = cache_dir / "fs-work"
-    _sweep_work_dirs(work_root)
-    work_dir = work_root / str(os.getpid())
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = registry.local_cache.work_dir()
     limiter = trio.CapacityLimiter(MAX_THREADS)
-    tree = Tree(registry, limiter, cache_dir / "fs-index")
+    tree = Tree(registry, limiter)
     reader = Reader(registry, limiter, work_dir)
     ops = Operations(registry, tree, reader)
 

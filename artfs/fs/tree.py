@@ -193,11 +193,9 @@ def build_index(manifest: Manifest, dest: Path) -> None:
 class Tree:
     """The directory levels above and inside versions, for one registry."""
 
-    def __init__(self, registry: Registry, limiter: trio.CapacityLimiter,
-                 index_dir: Path) -> None:
+    def __init__(self, registry: Registry, limiter: trio.CapacityLimiter) -> None:
         self.registry = registry
         self.limiter = limiter
-        self.index_dir = index_dir
         self._listings = TTLCache(LISTING_TTL_S)
         #: Version records: digest, size and created_at never change, so they are kept forever;
         #: description, metadata and aliases are re-read through `_details` for xattrs.
@@ -288,12 +286,16 @@ class Tree:
         return idx
 
     def _ensure_index(self, record: Version) -> Path:
-        path = self.index_dir / record.digest[:2] / f"{record.digest}.v{INDEX_FORMAT}.db"
-        if not path.exists():
+        cache = self.registry.local_cache
+        path = cache.index_path(record.digest, INDEX_FORMAT)
+        if path.exists():
+            cache.blobs.touch_file(path)
+        else:
             started = time.monotonic()
             manifest = self.registry.manifest(record)
             path.parent.mkdir(parents=True, exist_ok=True)
             build_index(manifest, path)
+            cache.blobs.add_file(path)
             log.info("indexed %s (%d files) in %.2f s", record.qualified, len(manifest),
                      time.monotonic() - started)
         _read_through(path)
