@@ -1,27 +1,32 @@
 """Staging folders: the writable next version of an artifact, kept on local disk.
 
 A staging area starts as a copy of the latest version's *manifest*, not of its bytes: each file
-is a `base` node that still names its blob in the registry. A file becomes `local` (bytes in
-`files/<node id>`) only when it is created, or opened for writing without truncation (copy-up).
-Committing turns the tree into one `Registry.log_version` call — base files as ready-made
-entries, local files as sources — and then rebases the area onto the new version.
+is a `base` node that still names its blob in the registry. A file becomes `local` when a writer
+that changed it closes it (is *published*): its bytes are then the file `files/<content>` the
+row names, and that file never changes again. Writers write *drafts* (`files/<id>~<n>`, one
+per write session, see `artfs.fs.staged`); publishing a draft is one row update that points the
+node at it. So a commit that reads the tree once (`snapshot`) sees, for every path, bytes some
+writer finished, and those bytes stay put while it stores them, whatever writers do meanwhile.
+Committing turns that snapshot into one `Registry.log_version` call — base files as ready-made
+entries, local files as sources — and then rebases the nodes still showing what it stored.
 
 Layout, one folder per registry (slug = first 16 hex of SHA-256 of its URL)::
 
     <state dir>/staging/<slug>/registry.txt                the registry URL, for people
     <state dir>/staging/<slug>/<entity>/<project>/         pending namespaces (mkdir in a mount)
     <state dir>/staging/<slug>/<e>/<p>/<name>/index.db     the tree (SQLite)
-    <state dir>/staging/<slug>/<e>/<p>/<name>/files/<id>   bytes of local files
+    <state dir>/staging/<slug>/<e>/<p>/<name>/files/<id>~<n>  bytes of local files and drafts
 
-Every change of the tree is one SQLite transaction, and file bytes are renamed into place
-before the row that names them is committed, so a crash at any moment leaves a consistent
-area; `Staging.__init__` removes orphans and repairs the one window a commit leaves open.
+Every change of the tree is one SQLite transaction, and file bytes are complete before the row
+that names them is committed, so a crash at any moment leaves a consistent area; `_repair`
+removes orphans and publishes the drafts a crash cut short, flagged `interrupted`.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import shutil
 import sqlite3
@@ -68,12 +73,23 @@ CREATE TABLE IF NOT EXISTS nodes (
     digest TEXT,
     ref TEXT,
     extra TEXT,
+    content TEXT,
+    atime_ns INTEGER,
+    ctime_ns INTEGER,
+    interrupted INTEGER,
     UNIQUE (parent, name));
 CREATE TABLE IF NOT EXISTS base (path TEXT PRIMARY KEY, size INTEGER, digest TEXT, ref TEXT,
                                  extra TEXT);
 """
-_COLUMNS = "id, parent, name, kind, size, mtime_ns, mode, digest, ref, extra"
-_SET_DIGEST = "UPDATE nodes SET digest=?, size=coalesce(?, size) WHERE id=? AND kind='local'"
+#: Columns added since the first areas were made on users' machines (added on open).
+_ADDED = {"content": "TEXT", "atime_ns": "INTEGER", "ctime_ns": "INTEGER",
+          "interrupted": "INTEGER"}
+_COLUMNS = ("id, parent, name, kind, size, mtime_ns, mode, digest, ref, extra, content, "
+            "atime_ns, ctime_ns, interrupted")
+#: Draft names: `<node id>~<n>`, n growing through a process's life and across restarts.
+_DRAFTS = itertools.count(time.time_ns())
+#: What `artfs diff` adds to a file published from a draft that a crash cut short.
+INTERRUPTED_NOTE = "(was being written when the mount stopped)"
 
 
 class StagingError(ArtfsError):
@@ -84,7 +100,10 @@ class Node(NamedTuple):
     """One file or folder of a staging area.
 
     kind: `dir`; `base` (bytes are the registry's: digest/ref/extra are the manifest entry's);
-    `local` (bytes in files/<id>; digest is their SHA-256 when known, else None).
+    `local` (bytes in files/<content>, size and mtime are theirs, digest is their SHA-256 when
+    known, else None; content is None while a new file's first writer has not closed it).
+    atime_ns/ctime_ns: None means "as mtime". interrupted: published from a draft a crash cut
+    short (the file may be incomplete).
     """
 
     id: int
@@ -97,10 +116,19 @@ class Node(NamedTuple):
     digest: str | None
     ref: str | None
     extra: str | None
+    content: str | None = None
+    atime_ns: int | None = None
+    ctime_ns: int | None = None
+    interrupted: int | None = None
 
     @property
     def is_dir(self) -> bool:
         return self.kind == "dir"
+
+    @property
+    def published(self) -> bool:
+        """A file whose bytes some writer finished (or a base file): what a commit takes."""
+        return self.kind == "base" or (self.kind == "local" and self.content is not None)
 
     def entry(self, path: str) -> Entry:
         return Entry.from_index(path, self.size, self.digest, self.ref, self.extra)
@@ -113,13 +141,30 @@ class Diff:
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    #: Added or changed paths published from a draft a crash cut short.
+    interrupted: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.added or self.changed or self.removed)
 
     def lines(self) -> list[str]:
-        return sorted([f"A {p}" for p in self.added] + [f"M {p}" for p in self.changed]
-                      + [f"D {p}" for p in self.removed], key=lambda s: s[2:])
+        cut = set(self.interrupted)
+
+        def line(mark: str, path: str) -> str:
+            return f"{mark}! {path}  {INTERRUPTED_NOTE}" if path in cut else f"{mark} {path}"
+
+        return sorted([line("A", p) for p in self.added] + [line("M", p) for p in self.changed]
+                      + [f"D {p}" for p in self.removed], key=lambda s: s.split(" ", 1)[1])
+
+
+@dataclass
+class Snapshot:
+    """The tree as one read saw it: what a commit stores. Files some writer is still writing
+    for the first time are absent; a file being rewritten shows its last published bytes."""
+
+    tree: dict[str, Node]
+    base: dict[str, Entry]
+    base_version: int | None
 
 
 @dataclass
@@ -207,7 +252,7 @@ class Staging:
                  repair: bool = False) -> None:
         """`repair` (`_repair`) only for the area's owner as it starts using it (`open_area`):
         anyone else, such as `artfs diff` beside a mount copying files in, would take the
-        bytes file of a file being created for an orphan and delete it."""
+        draft of a file being written for one a crash left and publish it."""
         self.entity, self.project, self.name = entity, project, name
         self.what = f"{entity}/{project}/{name}"
         self.folder = registry_root(registry_url) / entity / project / name
@@ -215,6 +260,9 @@ class Staging:
         self.files.mkdir(parents=True, exist_ok=True)
         #: Transactions committed through this object (a mount checkpoints areas that changed).
         self.changes = 0
+        #: While a list, files this object would delete are collected in it instead: a mount
+        #: holds deletions while a commit may still be reading the bytes (`held_deletions`).
+        self.hold_deletes: list[Path] | None = None
         self.db = sqlite3.connect(self.folder / "index.db", isolation_level=None,
                                   check_same_thread=False, timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -225,11 +273,22 @@ class Staging:
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     self.db.execute(stmt)
+            self._add_columns()
             if self.node(ROOT) is None:
-                self.db.execute(f"INSERT INTO nodes ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                                (ROOT, 0, "", "dir", None, _now(), DIR_MODE, None, None, None))
+                self.db.execute("INSERT INTO nodes (id, parent, name, kind, mtime_ns, mode)"
+                                " VALUES (?,?,?,?,?,?)", (ROOT, 0, "", "dir", _now(), DIR_MODE))
         if repair:
             self._repair()
+
+    def _add_columns(self) -> None:
+        """Areas made before drafts named a local file's bytes `files/<id>`."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(nodes)")}
+        for column, kind in _ADDED.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE nodes ADD COLUMN {column} {kind}")
+                if column == "content":
+                    self.db.execute("UPDATE nodes SET content=CAST(id AS TEXT)"
+                                    " WHERE kind='local'")
 
     def close(self) -> None:
         self.db.close()
@@ -290,22 +349,49 @@ class Staging:
             os.close(fd)
 
     def _repair(self) -> None:
-        """Undo what a crash can leave: bytes without a row, a row whose bytes a commit moved
-        into the registry (its digest is known, so it becomes a base file of that blob)."""
-        for trash in self.folder.glob(f"{TRASH_PREFIX}*"):  # a deletion cut short by a crash
-            _delete_in_background(trash)
-        local = {n.id: n for n in self._all() if n.kind == "local"}
+        """Undo what a crash can leave: files no row names; drafts of writers cut short (the
+        newest of a file is published, flagged `interrupted`, so that the bytes written are
+        kept but a commit asks first); a row whose bytes an older version's commit moved into
+        the registry (its digest is known, so it becomes a base file of that blob)."""
+        for trash in [*self.folder.glob(f"{TRASH_PREFIX}*"), *self.folder.glob("commit-*")]:
+            _delete_in_background(trash)  # a deletion or a commit cut short by a crash
+        nodes = {n.id: n for n in self._all()}
+        named = {n.content for n in nodes.values() if n.kind == "local" and n.content}
+        cut: dict[int, tuple[int, Path]] = {}
         for f in self.files.iterdir():
-            stem = f.name.split(".")[0]
-            if not stem.isdigit() or int(stem) not in local or f.name != stem:
+            if f.name in named:
+                continue
+            node_id, _, seq = f.name.partition("~")
+            node = nodes.get(int(node_id)) if node_id.isdigit() else None
+            if node is None or node.is_dir or not seq.isdigit():
                 f.unlink(missing_ok=True)
+                continue
+            older = cut.get(node.id)
+            if older is not None and older[0] > int(seq):
+                f.unlink(missing_ok=True)
+                continue
+            if older is not None:
+                older[1].unlink(missing_ok=True)
+            cut[node.id] = (int(seq), f)
         with self.transaction():
-            for n in local.values():
-                if not self.file(n.id).exists():
+            for node_id, (_, draft) in cut.items():
+                s = os.stat(draft)
+                self.db.execute(
+                    "UPDATE nodes SET kind='local', content=?, size=?, digest=NULL, ref=NULL,"
+                    " extra=NULL, mtime_ns=?, ctime_ns=?, interrupted=1 WHERE id=?",
+                    (draft.name, s.st_size, s.st_mtime_ns, s.st_ctime_ns, node_id))
+                self._touch()
+            for n in nodes.values():
+                if n.kind != "local" or n.id in cut:
+                    continue
+                if n.content is None:  # created, and the draft is gone: nothing was kept
+                    self.db.execute("DELETE FROM nodes WHERE id=?", (n.id,))
+                elif not self.file(n).exists():
                     if n.digest is None:
                         raise StagingError(f"staging of {self.what}: the bytes of node {n.id} "
                                            f"({self.path(n.id)}) are missing from {self.files}")
-                    self.db.execute("UPDATE nodes SET kind='base' WHERE id=?", (n.id,))
+                    self.db.execute("UPDATE nodes SET kind='base', content=NULL WHERE id=?",
+                                    (n.id,))
 
     # -- metadata ----------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -333,7 +419,8 @@ class Staging:
 
     @property
     def dirty(self) -> bool:
-        return self.meta("dirty") == "1"
+        # 'snap': changed, and a commit has taken a snapshot since (see `snapshot`).
+        return self.meta("dirty") in ("1", "snap")
 
     # -- reading the tree --------------------------------------------------------------------
     def node(self, node_id: int) -> Node | None:
@@ -368,33 +455,46 @@ class Staging:
             node_id = n.parent
         return "/".join(reversed(parts))
 
-    def file(self, node_id: int) -> Path:
-        return self.files / str(node_id)
+    def file(self, node: Node) -> Path:
+        """Where a published local file's bytes are (they never change there)."""
+        assert node.content is not None, node
+        return self.files / node.content
+
+    def new_draft(self, node_id: int) -> Path:
+        """A name for a new draft of the node: never used before in this area."""
+        return self.files / f"{node_id}~{next(_DRAFTS)}"
 
     def tree(self) -> dict[str, Node]:
-        """path → node of every file (folders are implied by paths, as in a manifest)."""
-        nodes = self._all()
-        by_id = {n.id: n for n in nodes}
-        paths: dict[int, str] = {ROOT: ""}
-
-        def path_of(n: Node) -> str:
-            p = paths.get(n.id)
-            if p is None:
-                parent = by_id.get(n.parent)
-                head = path_of(parent) if parent is not None else ""
-                p = paths[n.id] = f"{head}/{n.name}" if head else n.name
-            return p
-
-        return {path_of(n): n for n in nodes if n.kind != "dir"}
+        """path → node of every published file (folders are implied by paths, as in a
+        manifest): new files whose first writer has not closed them are left out."""
+        return _files(self._all())
 
     def base(self) -> dict[str, Entry]:
         return {r[0]: Entry.from_index(*r)
                 for r in self.db.execute("SELECT path, size, digest, ref, extra FROM base")}
 
-    def local_stat(self, node: Node) -> os.stat_result:
-        return os.stat(self.file(node.id))
+    def snapshot(self) -> Snapshot:
+        """The tree and its base as of one moment, for a commit. Changes made afterwards mark
+        the area changed again (`_touch` overwrites 'snap'), so `rebase` knows whether the
+        area is clean once the commit is done."""
+        with self.transaction():
+            snap = Snapshot(_files(self._all()), self.base(), self.base_version)
+            self.db.execute("UPDATE meta SET value='snap' WHERE key='dirty' AND value='1'")
+        return snap
 
     # -- changing the tree -------------------------------------------------------------------
+    def _delete(self, path: Path) -> None:
+        if self.hold_deletes is not None:
+            self.hold_deletes.append(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def held_deletions(self) -> None:
+        """Stop holding deletions and make the held ones."""
+        held, self.hold_deletes = self.hold_deletes or [], None
+        for path in held:
+            path.unlink(missing_ok=True)
+
     def _free(self, parent: int, name: str) -> None:
         parent_node = self.node(parent)
         if parent_node is None or not parent_node.is_dir:
@@ -402,18 +502,30 @@ class Staging:
         if self.child(parent, name) is not None:
             raise OSError(errno.EEXIST, f"{self.what}/{self.path(parent)}/{name} exists")
 
-    def create_file(self, parent: int, name: str, mode: int = FILE_MODE) -> Node:
-        """A new empty local file (its bytes file exists before the row is committed)."""
-        node, fd = self.create_open(parent, name, mode)
-        os.close(fd)
-        return node
+    def _dir_changed(self, *dirs: int) -> None:
+        """An entry was added to or removed from these folders: their mtime and ctime."""
+        now = _now()
+        self.db.executemany("UPDATE nodes SET mtime_ns=?, ctime_ns=? WHERE id=?",
+                            [(now, now, d) for d in set(dirs)])
 
-    def create_open(self, parent: int, name: str, mode: int = FILE_MODE) -> tuple[Node, int]:
-        """`create_file`, also returning a read-write descriptor of the new bytes file: a mount
-        creating 10,000 small files saves opening each one a second time. The digest starts
-        unknown, so a writer that dies before recording one leaves nothing false behind.
+    def create_file(self, parent: int, name: str, data: bytes = b"",
+                    mode: int = FILE_MODE) -> Node:
+        """A new local file holding `data`, published at once (for callers without a mount)."""
+        node, fd, draft = self.create_open(parent, name, mode)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        published = self.publish(node.id, draft, hashlib.sha256(data).hexdigest())
+        assert published is not None
+        return published
 
-        Four SQLite statements (`cp -r` of small files is bound by per-file costs): the
+    def create_open(self, parent: int, name: str,
+                    mode: int = FILE_MODE) -> tuple[Node, int, Path]:
+        """A new file, its first draft and a read-write descriptor of it. The file is not part
+        of the tree a commit takes until its writer closes it (`publish`).
+
+        Few SQLite statements (`cp -r` of small files is bound by per-file costs): the
         parent's existence and the name's uniqueness are checked by the insert itself."""
         now, mode = _now(), mode & 0o7777
         fd = -1
@@ -433,13 +545,33 @@ class Staging:
                                   f"{name!r}: its folder (node {parent}) was removed")
                 node_id = cur.lastrowid
                 assert node_id is not None
-                fd = os.open(self.file(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                draft = self.new_draft(node_id)
+                fd = os.open(draft, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                self._dir_changed(parent)
                 self._touch()
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             raise
-        return Node(node_id, parent, name, "local", 0, now, mode, None, None, None), fd
+        return Node(node_id, parent, name, "local", 0, now, mode, None, None, None), fd, draft
+
+    def publish(self, node_id: int, draft: Path, digest: str | None) -> Node | None:
+        """Make a finished draft the node's bytes (one row update; the draft file is not
+        moved). None when the node is gone meanwhile: the caller deletes the draft."""
+        s = os.stat(draft)
+        with self.transaction():
+            old = self.node(node_id)
+            if old is None or old.is_dir:
+                return None
+            self.db.execute(
+                "UPDATE nodes SET kind='local', content=?, size=?, digest=?, ref=NULL,"
+                " extra=NULL, mtime_ns=?, ctime_ns=?, interrupted=NULL WHERE id=?",
+                (draft.name, s.st_size, digest, s.st_mtime_ns, max(s.st_ctime_ns, _now()),
+                 node_id))
+            self._touch()
+        if old.kind == "local" and old.content and old.content != draft.name:
+            self._delete(self.file(old))
+        return self.node(node_id)
 
     def mkdir(self, parent: int, name: str, mode: int = DIR_MODE) -> Node:
         with self.transaction():
@@ -447,6 +579,7 @@ class Staging:
             cur = self.db.execute(
                 "INSERT INTO nodes (parent, name, kind, mtime_ns, mode) VALUES (?,?,?,?,?)",
                 (parent, name, "dir", _now(), mode & 0o7777))
+            self._dir_changed(parent)
             self._touch()
         node = self.node(cur.lastrowid or 0)
         assert node is not None
@@ -461,8 +594,10 @@ class Staging:
             if node.is_dir:
                 raise OSError(errno.EISDIR, f"{self.what}: {name!r} is a folder")
             self.db.execute("DELETE FROM nodes WHERE id=?", (node.id,))
+            self._dir_changed(parent)
             self._touch()
-        self.file(node.id).unlink(missing_ok=True)
+        if node.kind == "local" and node.content:
+            self._delete(self.file(node))
         return node
 
     def rmdir(self, parent: int, name: str) -> Node:
@@ -475,6 +610,7 @@ class Staging:
             if self.children(node.id, limit=1):
                 raise OSError(errno.ENOTEMPTY, f"{self.what}/{self.path(node.id)} is not empty")
             self.db.execute("DELETE FROM nodes WHERE id=?", (node.id,))
+            self._dir_changed(parent)
             self._touch()
         return node
 
@@ -509,78 +645,48 @@ class Staging:
                     raise OSError(errno.ENOTEMPTY, f"{self.what}/{self.path(old.id)} is not "
                                   "empty")
                 self.db.execute("DELETE FROM nodes WHERE id=?", (old.id,))
-            self.db.execute("UPDATE nodes SET parent=?, name=? WHERE id=?",
-                            (new_parent, new_name, node.id))
+            self.db.execute("UPDATE nodes SET parent=?, name=?, ctime_ns=? WHERE id=?",
+                            (new_parent, new_name, _now(), node.id))
+            self._dir_changed(parent, new_parent)
             self._touch()
-        if old is not None and old.kind == "local":
-            self.file(old.id).unlink(missing_ok=True)
+        if old is not None and old.kind == "local" and old.content:
+            self._delete(self.file(old))
         return old
 
-    def copy_tmp(self, node: Node) -> Path:
-        """Where to write a base file's bytes before `finish_copy_up` makes them its own."""
-        tmp = self.files / f"{node.id}.copy"
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        return tmp
-
-    def finish_copy_up(self, node: Node, tmp: Path) -> Node:
-        """Make a base file local with the bytes in `tmp` (all of them, or none for a
-        truncation to zero): the file is renamed into place, then the row switched, so a crash
-        in between leaves an orphan file and the base file unchanged."""
-        try:
-            size = os.stat(tmp).st_size
-            # A whole copy of verified base bytes: its digest stays known until it is written.
-            if size == node.size and node.ref is None:
-                digest = node.digest
-            else:
-                digest = hashlib.sha256(b"").hexdigest() if size == 0 else None
-            os.utime(tmp, ns=(node.mtime_ns, node.mtime_ns))
-            os.rename(tmp, self.file(node.id))
-        finally:
-            tmp.unlink(missing_ok=True)
-        with self.transaction():
-            self.db.execute("UPDATE nodes SET kind='local', size=?, digest=?, ref=NULL,"
-                            " extra=NULL WHERE id=?", (size, digest, node.id))
-            self._touch()
-        new = self.node(node.id)
-        assert new is not None
-        return new
-
-    def set_digest(self, node_id: int, digest: str | None, size: int | None = None) -> None:
-        """Record (or forget, with None) the SHA-256 of a local file's current bytes, after a
-        change of them."""
-        with self.transaction():
-            self.db.execute(_SET_DIGEST, (digest, size, node_id))
-            self._touch()
-
-    def record_digest(self, node_id: int, digest: str | None, size: int | None = None) -> None:
-        """`set_digest` for bytes whose change was already recorded (a writer closing the file
-        it changed): one statement, its own transaction."""
-        self.db.execute(_SET_DIGEST, (digest, size, node_id))
-        self.changes += 1
-
-    def set_attrs(self, node_id: int, *, mode: int | None = None,
-                  mtime_ns: int | None = None) -> None:
+    def set_attrs(self, node_id: int, *, mode: int | None = None, mtime_ns: int | None = None,
+                  atime_ns: int | None = None) -> None:
+        """chmod and utime: kept while staged, not committed. The change time moves too."""
         with self.transaction():
             if mode is not None:
                 self.db.execute("UPDATE nodes SET mode=? WHERE id=?", (mode & 0o7777, node_id))
             if mtime_ns is not None:
                 self.db.execute("UPDATE nodes SET mtime_ns=? WHERE id=?", (mtime_ns, node_id))
+            if atime_ns is not None:
+                self.db.execute("UPDATE nodes SET atime_ns=? WHERE id=?", (atime_ns, node_id))
+            self.db.execute("UPDATE nodes SET ctime_ns=? WHERE id=?", (_now(), node_id))
             self._touch()
 
     # -- whole-area operations ---------------------------------------------------------------
     def reset(self, manifest: Manifest | None, base_version: int | None, *,
               keep_base: bool = False) -> None:
         """Make the area show `manifest` (None: empty) with no local bytes. `keep_base` keeps
-        the base version for `diff` (an area emptied by `artfs stage --empty`)."""
+        the base version for `diff` (an area emptied by `artfs stage --empty`). Only with no
+        draft being written: every file of files/ goes."""
         with self.transaction():
             self.db.execute("DELETE FROM nodes WHERE id<>?", (ROOT,))
             if manifest is not None:
                 self._insert_manifest(manifest)
             if not keep_base:
                 self._set_base(manifest, base_version)
+            self._dir_changed(ROOT)
             self.set_meta("initialized", "1")
             self.set_meta("dirty", "1" if keep_base else "0")
-        self._sweep_files()
+        # Swap in an empty folder and delete the old one in the background: unlinking 10,000
+        # staged copies took seconds on the test machines' disks, and nobody needs to wait.
+        trash = self.folder / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
+        os.rename(self.files, trash)
+        self.files.mkdir()
+        _delete_in_background(trash)
 
     def _insert_manifest(self, manifest: Manifest, mtime_ns: int | None = None) -> None:
         ids: dict[str, int] = {"": ROOT}
@@ -604,38 +710,31 @@ class Staging:
                 (e.path, e.size, e.digest, e.ref, e.extra_json()) for e in manifest.values()])
         self.set_meta("base_version", None if base_version is None else str(base_version))
 
-    def _sweep_files(self) -> None:
-        live = {str(n.id) for n in self._all() if n.kind == "local"}
-        if not live:
-            # Nothing staged is left (the usual case after a commit or discard): swap in an
-            # empty folder and delete the old one in the background. Unlinking 10,000 staged
-            # copies took seconds on the test machines' disks, and nobody needs to wait for it.
-            trash = self.folder / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
-            os.rename(self.files, trash)
-            self.files.mkdir()
-            _delete_in_background(trash)
-            return
-        for f in self.files.iterdir():
-            if f.name not in live:
-                f.unlink(missing_ok=True)
-
-    def rebase(self, version: Version, manifest: Manifest) -> None:
-        """After a commit of this area: every local file whose bytes the new version holds
-        becomes a base file of it (same node id, so open files and inode numbers survive)."""
-        tree = self.tree()
+    def rebase(self, snap: Snapshot, version: Version, manifest: Manifest) -> None:
+        """After a commit of `snap`: every local file still showing the bytes the commit stored
+        becomes a base file of the new version (same node id, so open files and inode numbers
+        survive). Files changed, created or removed since the snapshot stay as they are, now
+        compared with the new version."""
+        freed: list[Path] = []
         with self.transaction():
-            for path, node in tree.items():
+            for path, node in snap.tree.items():
                 entry = manifest.get(path)
-                if node.kind == "local" and entry is not None:
-                    mtime = self.local_stat(node).st_mtime_ns if self.file(node.id).exists() \
-                        else node.mtime_ns
-                    self.db.execute(
-                        "UPDATE nodes SET kind='base', size=?, digest=?, ref=NULL, extra=NULL,"
-                        " mtime_ns=? WHERE id=?", (entry.size, entry.digest, mtime, node.id))
+                if node.kind != "local" or entry is None or entry.digest is None:
+                    continue
+                cur = self.db.execute(
+                    "UPDATE nodes SET kind='base', size=?, digest=?, content=NULL, ref=NULL,"
+                    " extra=NULL, interrupted=NULL WHERE id=? AND kind='local' AND content=?",
+                    (entry.size, entry.digest, node.id, node.content))
+                if cur.rowcount:
+                    freed.append(self.file(node))
             self._set_base(manifest, version.version)
             self.set_meta("initialized", "1")
-            self.set_meta("dirty", "0")
-        self._sweep_files()
+            self.db.execute("UPDATE meta SET value='0' WHERE key='dirty' AND value IS NOT '1'")
+        if len(freed) > BACKGROUND_DELETES:
+            threading.Thread(target=_unlink_all, args=(freed,), daemon=True,
+                             name="artfs-staging-trash").start()
+        else:
+            _unlink_all(freed)
 
     # -- comparing ---------------------------------------------------------------------------
     def current_digest(self, node: Node) -> str | None:
@@ -643,27 +742,57 @@ class Staging:
         if node.kind != "local" or node.digest is not None:
             return node.digest
         h = hashlib.sha256()
-        with open(self.file(node.id), "rb") as f:
+        with open(self.file(node), "rb") as f:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
         return h.hexdigest()
 
-    def diff(self) -> Diff:
-        base = self.base()
-        tree = self.tree()
+    def diff(self, snap: Snapshot | None = None) -> Diff:
+        """Published files against the base version (of `snap`, or of the area now)."""
+        if snap is None:
+            snap = Snapshot(self.tree(), self.base(), self.base_version)
         out = Diff()
-        for path, node in sorted(tree.items()):
-            old = base.get(path)
+        for path, node in sorted(snap.tree.items()):
+            old = snap.base.get(path)
             if old is None:
                 out.added.append(path)
             elif node.kind == "base":
                 if (node.digest, node.ref, node.extra) != (old.digest, old.ref, old.extra_json()):
                     out.changed.append(path)
-            elif old.ref is not None or self.local_stat(node).st_size != old.size or \
+            elif old.ref is not None or node.size != old.size or \
                     self.current_digest(node) != old.digest:
                 out.changed.append(path)
-        out.removed = sorted(set(base) - set(tree))
+            else:
+                continue
+            if node.interrupted:
+                out.interrupted.append(path)
+        out.removed = sorted(set(snap.base) - set(snap.tree))
         return out
+
+
+#: Past this many files, a rebase deletes the committed copies on a thread of its own.
+BACKGROUND_DELETES = 1000
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def _files(nodes: list[Node]) -> dict[str, Node]:
+    """path → node of every published file among `nodes` (a whole tree's rows)."""
+    by_id = {n.id: n for n in nodes}
+    paths: dict[int, str] = {ROOT: ""}
+
+    def path_of(n: Node) -> str:
+        p = paths.get(n.id)
+        if p is None:
+            parent = by_id.get(n.parent)
+            head = path_of(parent) if parent is not None else ""
+            p = paths[n.id] = f"{head}/{n.name}" if head else n.name
+        return p
+
+    return {path_of(n): n for n in nodes if n.published}
 
 
 def open_area(registry: Registry, entity: str, project: str, name: str) -> Staging:
@@ -696,13 +825,16 @@ def commit(
     type_: str | None = None,
     description: str | None = None,
     metadata: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> Committed:
-    """Turn the area into one new version (or none when nothing changed), then rebase it.
+    """Turn the area's published files, as one `snapshot` saw them, into one new version (or
+    none when nothing changed), then rebase it. Writers may go on meanwhile: what they publish
+    later is compared with the new version afterwards.
 
     Files hashed while they were written are stored by digest without being read (on a local
-    registry on the same disk they are renamed into the blob store); the others are passed to
-    `log_version` as sources, which hashes and uploads them. Whatever fails, the staged
-    contents stay: bytes moved into the registry leave base nodes of the same blob.
+    registry on the same disk they are hard-linked into the blob store); the others are passed
+    to `log_version` as sources, which hashes and uploads them. Whatever fails, the staged
+    contents stay. Files flagged `interrupted` are refused unless `force`.
     """
     e, p, n = area.entity, area.project, area.name
     existing_type = registry.artifact_type(e, p, n)
@@ -712,44 +844,52 @@ def commit(
                            "`artfs commit --type TYPE PATH` (e.g. model, dataset)")
     aliases = list(aliases)
     latest = latest_version(registry, e, p, n)
-    changes = area.diff()
-    if not changes and latest is not None and area.base_version == latest.version:
+    snap = area.snapshot()
+    changes = area.diff(snap)
+    if changes.interrupted and not force:
+        named = ", ".join(changes.interrupted[:20]) + (" …" if len(changes.interrupted) > 20
+                                                       else "")
+        raise StagingError(
+            f"staging of {area.what} holds {len(changes.interrupted)} file(s) that were being "
+            f"written when the mount stopped and may be cut short: {named}; check them "
+            "(`artfs diff`), write them again, or commit them as they are with --force")
+    if not changes and latest is not None and snap.base_version == latest.version:
         for alias in aliases:
             registry.set_alias(ArtifactRef(e, p, n, latest.label), alias)
+        area.rebase(snap, latest, registry.manifest(latest))
         moved = f"; moved {', '.join(aliases)} to it" if aliases else ""
         return Committed(latest, False, f"nothing to commit: staging of {area.what} equals "
                                         f"{latest.label}{moved}")
-    tree = area.tree()
-    if not tree and latest is None:
+    if not snap.tree and latest is None:
         raise StagingError(f"nothing to commit: staging of {area.what} is empty")
 
     sources: list[Source] = []
     references: list[Entry] = []
-    moved: list[tuple[int, int]] = []
-    hashed: list[tuple[str, Path]] = []
-    for path, node in sorted(tree.items()):
-        if node.kind == "local" and node.digest is not None:
-            file = area.file(node.id)
-            size = os.stat(file).st_size
-            hashed.append((node.digest, file))
-            moved.append((size, node.id))
-            node = node._replace(kind="base", size=size)
-        if node.kind == "base":
-            references.append(node.entry(path))
-        else:
-            file = area.file(node.id)
-            sources.append(Source(path, file, stat_key(os.stat(file))))
-    registry.put_blob_files(e, hashed, move=True)
-    # The moved bytes left files/: those nodes are base files of their blobs now. One
-    # transaction for all; a crash before it is repaired on the next open (`_repair`).
-    with area.transaction():
-        area.db.executemany("UPDATE nodes SET kind='base', size=? WHERE id=?", moved)
+    links = area.folder / f"commit-{uuid.uuid4().hex}"
+    links.mkdir()
+    try:
+        hashed: list[tuple[str, Path]] = []
+        for path, node in sorted(snap.tree.items()):
+            if node.kind == "local" and node.digest is not None:
+                # A link, not the file: the staging folder keeps showing it until the rebase.
+                link = links / node.content  # type: ignore[operator]
+                os.link(area.file(node), link)
+                hashed.append((node.digest, link))
+                node = node._replace(kind="base")
+            if node.kind == "base":
+                references.append(node.entry(path))
+            else:
+                file = area.file(node)
+                sources.append(Source(path, file, stat_key(os.stat(file))))
+        registry.put_blob_files(e, hashed, move=True)
+    finally:
+        shutil.rmtree(links, ignore_errors=True)
     run = registry.start_run(e, p, "commit")
     result: CommitResult = registry.log_version(
         e, p, n, kind, sources, references, aliases=aliases, description=description,
         metadata=metadata, run=run)
     registry.finish_run(run)
-    area.rebase(result.version, registry.manifest(result.version))
+    area.rebase(snap, result.version, registry.manifest(result.version))
     v = result.version
     if result.created:
         return Committed(v, True, f"committed {v.qualified} ({len(changes.added)} added, "

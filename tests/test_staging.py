@@ -14,7 +14,7 @@ from artfs import staging
 from artfs.errors import StoreError
 from artfs.names import ArtifactRef
 from artfs.registry import Registry, Source
-from artfs.staging import ROOT, Staging, StagingError
+from artfs.staging import INTERRUPTED_NOTE, ROOT, Node, Staging, StagingError
 
 E, P = "tester", "uncategorized"
 FILES = {"model.h5": b"weights" * 100, "images/cat.png": b"cat", "images/dog.png": b"dog"}
@@ -38,11 +38,26 @@ def _log(reg: Registry, name: str, files: dict[str, bytes], tmp: Path) -> None:
     reg.log_version(E, P, name, "model", sources)
 
 
-def _write(area: Staging, parent: int, name: str, data: bytes) -> int:
-    node = area.create_file(parent, name)
-    area.file(node.id).write_bytes(data)
-    area.set_digest(node.id, None, len(data))
-    return node.id
+def _write(area: Staging, parent: int, name: str, data: bytes,
+           digest: str | None = None) -> Node:
+    """A new file written by a writer that did not hash it (or hashed it as `digest`)."""
+    node, fd, draft = area.create_open(parent, name)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    published = area.publish(node.id, draft, digest)
+    assert published is not None
+    return published
+
+
+def _rewrite(area: Staging, node: Node, data: bytes) -> Node:
+    """What a mount does for a writer of an existing file: a draft, published on close."""
+    draft = area.new_draft(node.id)
+    draft.write_bytes(data)
+    published = area.publish(node.id, draft, None)
+    assert published is not None
+    return published
 
 
 def _contents(reg: Registry, name: str, version: str = "latest") -> dict[str, bytes]:
@@ -97,22 +112,16 @@ def test_diff_names_added_changed_and_removed_files(reg, tmp_path) -> None:
     area = staging.open_area(reg, E, P, "m")
     _write(area, ROOT, "new.txt", b"new")
     area.unlink(area.child(ROOT, "images").id, "cat.png")
-    node = area.child(ROOT, "model.h5")
-    tmp = area.copy_tmp(node)
-    tmp.write_bytes(b"other weights")
-    area.finish_copy_up(node, tmp)
+    _rewrite(area, area.child(ROOT, "model.h5"), b"other weights")
     changes = area.diff()
     assert (changes.added, changes.changed, changes.removed) == (
         ["new.txt"], ["model.h5"], ["images/cat.png"])
 
 
-def test_copy_up_of_identical_bytes_is_no_change(reg, tmp_path) -> None:
+def test_publishing_identical_bytes_is_no_change(reg, tmp_path) -> None:
     _log(reg, "m", FILES, tmp_path)
     area = staging.open_area(reg, E, P, "m")
-    node = area.child(ROOT, "model.h5")
-    tmp = area.copy_tmp(node)
-    tmp.write_bytes(FILES["model.h5"])
-    area.finish_copy_up(node, tmp)
+    _rewrite(area, area.child(ROOT, "model.h5"), FILES["model.h5"])
     assert not area.diff()
 
 
@@ -136,12 +145,10 @@ def test_commit_makes_one_version_then_none_when_unchanged(reg, tmp_path) -> Non
 def test_commit_stores_a_file_hashed_while_written_without_reading_it(reg, tmp_path) -> None:
     area = staging.open_area(reg, E, P, "fresh")
     data = os.urandom(100_000)
-    node = area.create_file(ROOT, "blob.bin")
-    area.file(node.id).write_bytes(data)
     # A deliberately false digest proves the bytes were not read again: the registry holds
     # them under the digest taken at write time.
     fake = hashlib.sha256(b"what the writer hashed").hexdigest()
-    area.set_digest(node.id, fake, len(data))
+    _write(area, ROOT, "blob.bin", data, fake)
     staging.commit(reg, area, type_="dataset")
     assert reg.manifest(reg.version(ArtifactRef(E, P, "fresh", "v0")))["blob.bin"].digest == fake
 
@@ -158,9 +165,7 @@ def test_store_failure_leaves_no_version_and_the_staged_files(reg, tmp_path, mon
     _log(reg, "m", FILES, tmp_path)
     area = staging.open_area(reg, E, P, "m")
     _write(area, ROOT, "slow.txt", b"unknown digest")  # hashed by log_version
-    fast = area.create_file(ROOT, "fast.txt")
-    area.file(fast.id).write_bytes(b"fast")
-    area.set_digest(fast.id, hashlib.sha256(b"fast").hexdigest(), 4)
+    _write(area, ROOT, "fast.txt", b"fast", hashlib.sha256(b"fast").hexdigest())
     real = reg.store.put_if_absent
 
     def failing(key: str, data: bytes) -> bool:
@@ -175,21 +180,20 @@ def test_store_failure_leaves_no_version_and_the_staged_files(reg, tmp_path, mon
     reopened = Staging(reg.url, E, P, "m")
     tree = reopened.tree()
     assert sorted(tree) == sorted([*FILES, "slow.txt", "fast.txt"])
-    fast_node = tree["fast.txt"]  # moved into the registry: now a base file of that blob
-    assert reg.blob_file(E, fast_node.digest).read_bytes() == b"fast"
-    assert reopened.file(tree["slow.txt"].id).read_bytes() == b"unknown digest"
+    assert reopened.file(tree["fast.txt"]).read_bytes() == b"fast"  # linked, not moved
+    assert reopened.file(tree["slow.txt"]).read_bytes() == b"unknown digest"
+    assert not list(reopened.folder.glob("commit-*"))
     monkeypatch.undo()
     assert staging.commit(reg, reopened).created
     assert _contents(reg, "m")["fast.txt"] == b"fast"
 
 
-def test_crash_after_moving_bytes_into_the_registry_is_repaired(reg) -> None:
+def test_crash_of_an_older_commit_after_moving_bytes_into_the_registry_is_repaired(reg) -> None:
+    """Commits before drafts moved staged bytes into the registry, then marked the rows."""
     area = staging.open_area(reg, E, P, "fresh")
-    node = area.create_file(ROOT, "a.bin")
-    area.file(node.id).write_bytes(b"abc")
     digest = hashlib.sha256(b"abc").hexdigest()
-    area.set_digest(node.id, digest, 3)
-    reg.put_blob_files(E, [(digest, area.file(node.id))], move=True)  # then the process died
+    node = _write(area, ROOT, "a.bin", b"abc", digest)
+    reg.put_blob_files(E, [(digest, area.file(node))], move=True)  # then the process died
     area.close()
     repaired = staging.open_area(reg, E, P, "fresh")
     n = repaired.tree()["a.bin"]
@@ -235,3 +239,78 @@ def test_deferred_checkpoints_copy_the_wal_and_empty_it_past_the_cap(
     assert len(again.children(ROOT)) == 601
     again.close()
     area.close()
+
+
+def test_commit_stores_its_snapshot_while_writers_go_on(reg, tmp_path, monkeypatch) -> None:
+    """Changes made while a commit stores what it read (here: inside `log_version`) are not
+    in the version, survive it, and show as changes against the new version afterwards."""
+    _log(reg, "m", FILES, tmp_path)
+    area = staging.open_area(reg, E, P, "m")
+    kept = _write(area, ROOT, "kept.txt", b"kept")
+    moved = _write(area, ROOT, "moved.txt", b"moved")
+    _, fd, unfinished = area.create_open(ROOT, "unfinished.txt")  # its writer goes on
+    os.write(fd, b"half")
+    os.close(fd)
+    writer = Staging(reg.url, E, P, "m")  # the mount's connection, which holds deletions
+    writer.hold_deletes = []  # while a commit runs: it reads the bytes replaced or removed
+    real = reg.log_version
+
+    def log_while_writing(*args, **kwargs):
+        _rewrite(writer, writer.child(ROOT, "kept.txt"), b"kept, then changed")
+        writer.rename(ROOT, "moved.txt", ROOT, "renamed.txt")
+        writer.unlink(area.child(ROOT, "images").id, "cat.png")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reg, "log_version", log_while_writing)
+    assert staging.commit(reg, area).created
+    writer.held_deletions()
+    assert _contents(reg, "m", "v1") == {**FILES, "kept.txt": b"kept", "moved.txt": b"moved"}
+    after = {p: (area.file(n).read_bytes() if n.kind == "local" else n.digest)
+             for p, n in area.tree().items()}
+    assert after["kept.txt"] == b"kept, then changed"
+    renamed = area.child(ROOT, "renamed.txt")
+    assert (renamed.id, renamed.kind) == (moved.id, "base")  # the bytes it stored
+    assert area.child(ROOT, "kept.txt").id == kept.id
+    changes = area.diff()
+    assert (changes.added, changes.changed, changes.removed) == (
+        ["renamed.txt"], ["kept.txt"], ["images/cat.png", "moved.txt"])
+    assert area.dirty and area.base_version == 1
+    named = {n.content for n in area.tree().values() if n.kind == "local"}
+    assert {f.name for f in area.files.iterdir()} == named | {unfinished.name}  # no more
+    writer.close()
+
+
+def test_a_draft_cut_short_by_a_crash_is_flagged_and_commit_asks_for_force(reg,
+                                                                          tmp_path) -> None:
+    _log(reg, "m", FILES, tmp_path)
+    area = staging.open_area(reg, E, P, "m")
+    _, fd, _ = area.create_open(ROOT, "big.bin")
+    os.write(fd, b"first part")
+    os.close(fd)
+    area.new_draft(area.child(ROOT, "model.h5").id).write_bytes(b"cut")
+    area.close()  # the mount died with both open
+    area = staging.open_area(reg, E, P, "m")
+    assert area.diff().lines() == [f"A! big.bin  {INTERRUPTED_NOTE}",
+                                   f"M! model.h5  {INTERRUPTED_NOTE}"]
+    assert area.file(area.child(ROOT, "big.bin")).read_bytes() == b"first part"
+    before = (area.tree(), sorted(f.name for f in area.files.iterdir()))
+    with pytest.raises(StagingError, match=r"2 file\(s\).*big.bin, model.h5.*--force"):
+        staging.commit(reg, area)
+    assert reg.versions(E, P, "m") == [0]
+    assert (area.tree(), sorted(f.name for f in area.files.iterdir())) == before
+    assert staging.commit(reg, area, force=True).created
+    assert _contents(reg, "m")["big.bin"] == b"first part"
+    assert not area.diff()
+
+
+def test_a_new_file_never_closed_is_not_committed(reg, tmp_path) -> None:
+    _log(reg, "m", FILES, tmp_path)
+    area = staging.open_area(reg, E, P, "m")
+    node, fd, draft = area.create_open(ROOT, "writing.bin")
+    os.write(fd, b"so far")
+    os.close(fd)
+    assert "writing.bin" not in area.tree()
+    done = staging.commit(reg, area)
+    assert not done.created and "nothing to commit" in done.message
+    assert area.publish(node.id, draft, None) is not None  # its writer closes it
+    assert area.diff().added == ["writing.bin"]

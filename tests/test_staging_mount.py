@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import sdk
 from artfs.names import ArtifactRef
 from artfs.registry import Registry
+from artfs.staging import INTERRUPTED_NOTE
 from tests.mount_fixtures import ENTITY, PROJECT, Mount, artfs, tree_of
 
 local_only = pytest.mark.parametrize("registry_url", ["local"], indirect=True)
@@ -406,8 +407,15 @@ def test_staged_bytes_survive_kill_9_of_the_mount(registry_url, log_files, mount
     m2 = mount(name="mnt2")
     stage2 = staging_of(m2, "kill")
     assert tree_of(stage2) == want
-    artfs("commit", str(stage2))
+    assert f"A! open.bin  {INTERRUPTED_NOTE}" in artfs("diff", str(stage2)).stdout
+    refused = artfs("commit", str(stage2), check=False)
+    assert refused.returncode == 1
+    assert "open.bin" in refused.stderr and "--force" in refused.stderr
+    assert Registry(registry_url).versions(ENTITY, PROJECT, "kill") == [0]
+    assert tree_of(stage2) == want
+    artfs("commit", "--force", str(stage2))
     assert sdk_files("kill", "v1") == want
+    assert "no changes" in artfs("diff", str(stage2)).stdout
 
 
 _NAMES = st.sampled_from(["f0", "f1", "f2", "sub/f3"])

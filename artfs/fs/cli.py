@@ -66,7 +66,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--description")
     p.add_argument("--metadata", help="JSON object")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="wait this long for files still open for writing (default: refuse)")
+                   help="wait this long for files open for writing when the commit starts "
+                        "(default: refuse them after 1 s)")
+    p.add_argument("--force", action="store_true",
+                   help="commit files that were being written when the mount stopped (shown "
+                        "as A! or M! by `artfs diff`) as they are")
     p.set_defaults(func=cmd_commit)
 
     p = sub.add_parser("diff", help="show files added (A), changed (M), removed (D) in staging")
@@ -164,7 +168,7 @@ def cmd_commit(args: argparse.Namespace) -> None:
     metadata = json.loads(args.metadata) if args.metadata else None
     reply = send(folder, {"op": "commit", "aliases": args.alias, "type": args.type,
                           "description": args.description, "metadata": metadata,
-                          "wait": args.wait})
+                          "wait": args.wait, "force": args.force})
     print(reply["message"])
 
 

@@ -134,7 +134,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     def _attrs(self, inode: int, mode: int, size: int, mtime_ns: int, ttl: float,
-               entry_ttl: float | None = None, nlink: int = 1) -> pyfuse3.EntryAttributes:
+               entry_ttl: float | None = None, nlink: int = 1, *, atime_ns: int | None = None,
+               ctime_ns: int | None = None) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode
         a.st_mode = mode
@@ -143,7 +144,9 @@ class Operations(pyfuse3.Operations):
         a.st_size = size
         a.st_blksize = BLKSIZE
         a.st_blocks = -(-size // 512)
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime_ns
+        a.st_mtime_ns = mtime_ns
+        a.st_atime_ns = mtime_ns if atime_ns is None else atime_ns
+        a.st_ctime_ns = mtime_ns if ctime_ns is None else ctime_ns
         a.attr_timeout = ttl
         a.entry_timeout = ttl if entry_ttl is None else entry_ttl
         return a
@@ -401,9 +404,7 @@ class Operations(pyfuse3.Operations):
         return await self._staging(self.staged.write(handle, off, buf))
 
     async def flush(self, fh: int) -> None:
-        handle = self._files[fh]
-        if isinstance(handle, FileHandle):
-            await self._staging(self.staged.flush(handle))
+        """Nothing to do: a staged file's writers finish at release (`StagedFS.release`)."""
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._files[fh]

@@ -1,14 +1,21 @@
 """The `@staging` folders of a mount: FUSE requests on top of `artfs.staging`.
 
 What a staging folder contains lives in the area's SQLite tree (`artfs.staging.Staging`); this
-module adds what only a mount has: open files, hashing while writing, and commits that must not
-race with writers.
+module adds what only a mount has: open files, write sessions, hashing while writing, and
+commits that run beside writers.
 
-Hashing while writing: each open local file keeps a SHA-256 of its bytes for as long as every
-write lands exactly at the end of what was hashed (a `cp`, `dd`, `tar -x` or `rsync` writes
-that way). Any other write or truncation drops it. When the last writer closes the file and its
-size equals the hashed length, the digest is recorded, so a commit stores the file without
-reading it again (measured: commit of 1 GiB in a fraction of `sha256sum`'s time).
+Writers and commits: every writer writes a *draft* of its file (`OpenBytes`), never the bytes
+a commit may be reading; when the last writer of a draft closes it, the draft is published (the
+node points at it, one row update). A commit waits only for the files open for writing when it
+starts, then stores what one read of the tree shows (`Staging.snapshot`): for each path, bytes
+some writer finished, or the base version's. While it stores them, writers go on; drafts they
+finish are published when it ends, and files they replace or remove are deleted then.
+
+Hashing while writing: each draft keeps a SHA-256 of its bytes for as long as every write lands
+exactly at the end of what was hashed (a `cp`, `dd`, `tar -x` or `rsync` writes that way). Any
+other write or truncation drops it. When the draft is finished and its size equals the hashed
+length, the digest is recorded, so a commit stores the file without reading it again
+(measured: commit of 1 GiB in a fraction of `sha256sum`'s time).
 """
 
 from __future__ import annotations
@@ -165,18 +172,39 @@ def _ignore(_: object) -> None:
     """What `start_thread_soon` delivers when a file's thread ends: nothing to report."""
 
 
-class OpenFile:
-    """A local staged file open in this mount: one descriptor shared by all its handles, and
-    the running SHA-256 of its bytes while they are written in order from offset 0."""
+#: States of a draft: being written; finished while a commit took its snapshot (published
+#: when the commit ends); being finished (digest, publication); the node's bytes now; thrown
+#: away (nothing changed, or the file was removed).
+OPEN, CLOSED, FINISHING, PUBLISHED, DROPPED = "open", "closed", "finishing", "published", "dropped"
 
-    def __init__(self, node_id: int, fd: int) -> None:
+
+class OpenBytes:
+    """One file of an area's `files/` open in this mount, shared by the handles reading or
+    writing it: a *draft* (one write session of a file), or published bytes opened for reading.
+
+    A session starts when a file is opened for writing or truncated, with a copy of the file's
+    bytes (none with O_TRUNC). Writers opened meanwhile join it. It is *finished* when its
+    last writer closes it: if it changed anything it is published (`Staging.publish` points the
+    node at it), else dropped; while a commit is storing a snapshot, publishing waits for the
+    commit to end. A published file never changes again, so a commit that took it reads exactly
+    what a writer finished. Also kept: the running SHA-256 of the bytes while they are written
+    in order from offset 0.
+    """
+
+    def __init__(self, node_id: int, path: Path, fd: int, state: str,
+                 changed: bool = False) -> None:
         self.node_id = node_id
+        self.path = path
         self.fd = fd
+        self.state = state
+        #: The session wrote or truncated (an unchanged copy is dropped, not published).
+        self.changed = changed
         self.handles = 0
         self.writers = 0
         self.hash: RunningHash | None = None
-        #: The recorded digest was cleared for this round of writes.
-        self.changed = False
+        self.digest: str | None = None
+        #: Set once finished: whoever waited to join or write starts a new session then.
+        self.finished = trio.Event()
         #: Writes of one file are applied in order, so the running hash sees them in order.
         self.lock = trio.Lock()
 
@@ -190,12 +218,12 @@ class OpenFile:
             self.hash = None
 
 
-@dataclass
+@dataclass(eq=False)
 class FileHandle:
     area: StagingArea
     node_id: int
     writable: bool
-    local: OpenFile | None = None
+    bytes: OpenBytes | None = None
     base: Handle | None = None
 
 
@@ -204,10 +232,22 @@ class AreaState:
     """One artifact's staging area as served by this mount."""
 
     staging: Staging
-    open_files: dict[int, OpenFile] = field(default_factory=dict)
-    #: Copy-ups of one area run one at a time, so two opens never copy one file twice.
-    copy_lock: trio.Lock = field(default_factory=trio.Lock)
-    committing: trio.Event | None = None
+    #: The session of each file being written (or finished and waiting for a commit to end):
+    #: the one new writers join and new readers read.
+    current: dict[int, OpenBytes] = field(default_factory=dict)
+    #: Sessions being started (their copy being made), so that two opens never start two.
+    starting: dict[int, trio.Event] = field(default_factory=dict)
+    #: The latest open bytes of each node with handles (a removed file stays readable).
+    held: dict[int, OpenBytes] = field(default_factory=dict)
+    #: Handles open for writing (a commit waits for those open when it starts).
+    writing: set[FileHandle] = field(default_factory=set)
+    #: A commit is storing its snapshot: finished sessions wait here until it ends.
+    snapshotting: bool = False
+    deferred: list[OpenBytes] = field(default_factory=list)
+    #: A whole-area command (commit, discard) runs: others wait for it.
+    command: trio.Event | None = None
+    #: Discard replaces the whole tree: changes wait for it.
+    resetting: trio.Event | None = None
 
 
 def _fsync(fd: int, area: Staging) -> None:
@@ -220,6 +260,20 @@ def _write_and_hash(fd: int, buf: bytes, off: int, hasher: Any) -> int:
     if hasher is not None:
         hasher.update(memoryview(buf)[:n])
     return n
+
+
+def _new_file(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+def _copy_local(src: Path, dest_fd: int, mtime_ns: int) -> None:
+    """A published file's bytes into a new draft; FileNotFoundError when it is gone."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        _kernel_copy(fd, dest_fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    os.utime(dest_fd, ns=(mtime_ns, mtime_ns))
 
 
 class StagedFS:
@@ -321,7 +375,7 @@ class StagedFS:
             await self._idle(st)
             if st.staging.children(ROOT, limit=1):
                 raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-            if st.open_files:  # files removed while open: their handles need the area
+            if st.held:  # files removed while open: their handles need the area
                 raise pyfuse3.FUSEError(errno.EBUSY)
             del self._areas[area.slot]
             st.staging.close()
@@ -338,9 +392,14 @@ class StagedFS:
         return (root / entity / project / name / "index.db").exists()
 
     async def _idle(self, st: AreaState) -> None:
-        """Changes wait while a commit of the area runs."""
-        while st.committing is not None:
-            await st.committing.wait()
+        """Wait for a whole-area command (commit, discard) of the area to end."""
+        while st.command is not None:
+            await st.command.wait()
+
+    async def _not_resetting(self, st: AreaState) -> None:
+        """Changes wait while a discard replaces the whole tree (a commit does not stop them)."""
+        while st.resetting is not None:
+            await st.resetting.wait()
 
     def inode(self, area: StagingArea, node_id: int) -> int:
         return self.inodes.staging_inode(area, node_id)
@@ -350,21 +409,26 @@ class StagedFS:
         """The `@staging` folder itself, without loading the area (a listing must not)."""
         st = self._areas.get(area.slot)
         node = st.staging.node(ROOT) if st else None
-        mtime = node.mtime_ns if node else time.time_ns()
-        return self.make_attrs(self.inode(area, ROOT), stat.S_IFDIR | 0o755, 0, mtime,
-                               STAGING_TTL_S)
+        if node is None:
+            return self.make_attrs(self.inode(area, ROOT), stat.S_IFDIR | 0o755, 0,
+                                   time.time_ns(), STAGING_TTL_S, nlink=2)
+        return self.attrs(area, st, node)  # type: ignore[arg-type]
 
     def attrs(self, area: StagingArea, st: AreaState, node: Node) -> pyfuse3.EntryAttributes:
         mode = staging.stat_mode(node)
         inode = self.inode(area, node.id)
-        if node.kind == "local":
-            of = st.open_files.get(node.id)
-            try:
-                s = os.fstat(of.fd) if of else st.staging.local_stat(node)
-            except FileNotFoundError:
-                raise pyfuse3.FUSEError(errno.ENOENT) from None
-            return self.make_attrs(inode, mode, s.st_size, s.st_mtime_ns, STAGING_TTL_S)
-        return self.make_attrs(inode, mode, node.size or 0, node.mtime_ns, STAGING_TTL_S)
+        mtime = node.mtime_ns
+        atime, ctime = node.atime_ns or mtime, node.ctime_ns or mtime
+        if node.is_dir:
+            return self.make_attrs(inode, mode, 0, mtime, STAGING_TTL_S, atime_ns=atime,
+                                   ctime_ns=ctime, nlink=2 + st.staging.subdir_count(node.id))
+        size = node.size or 0
+        session = st.current.get(node.id)
+        if session is not None:  # being written: the draft's own size and times
+            s = os.fstat(session.fd)
+            size, mtime, ctime = s.st_size, s.st_mtime_ns, max(ctime, s.st_ctime_ns)
+        return self.make_attrs(inode, mode, size, mtime, STAGING_TTL_S, atime_ns=atime,
+                               ctime_ns=ctime)
 
     async def node(self, area: StagingArea, node_id: int) -> tuple[AreaState, Node]:
         st = await self.state(area)
@@ -387,12 +451,13 @@ class StagedFS:
             return self.attrs(area, st, node)
         # Removed while open: it keeps working through its descriptor, as on a local disk
         # (the kernel asks for attributes before reading once they are older than the TTL).
-        of = st.open_files.get(node_id)
-        if of is None:
+        held = st.held.get(node_id)
+        if held is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        s = os.fstat(of.fd)
+        s = os.fstat(held.fd)
         return self.make_attrs(self.inode(area, node_id), stat.S_IFREG | staging.FILE_MODE,
-                               s.st_size, s.st_mtime_ns, STAGING_TTL_S)
+                               s.st_size, s.st_mtime_ns, STAGING_TTL_S, ctime_ns=s.st_ctime_ns,
+                               nlink=0)
 
     async def readdir(self, area: StagingArea, node_id: int, start: int,
                       token: pyfuse3.ReaddirToken) -> None:
@@ -414,7 +479,7 @@ class StagedFS:
                       **kwargs: Any) -> T:
         self._check_owner(area)
         st = await self.state(area)
-        await self._idle(st)
+        await self._not_resetting(st)
         try:
             return fn(st.staging, *args, **kwargs)
         except OSError as e:
@@ -442,63 +507,108 @@ class StagedFS:
                       fields: pyfuse3.SetattrFields) -> pyfuse3.EntryAttributes:
         self._check_owner(area)
         st, node = await self.node(area, node_id)
-        await self._idle(st)
+        await self._not_resetting(st)
         if fields.update_size and not node.is_dir:
-            node = await self._truncate(area, st, node, attr.st_size)
-        if fields.update_mode:
-            st.staging.set_attrs(node.id, mode=attr.st_mode)
-        if fields.update_mtime:
-            if node.kind == "local":
-                path = st.staging.file(node.id)
-                times = (attr.st_mtime_ns, attr.st_mtime_ns)
-                await self.blocking(partial(os.utime, path, ns=times))
-            else:
-                st.staging.set_attrs(node.id, mtime_ns=attr.st_mtime_ns)
+            await self._truncate(area, st, node, attr.st_size)
+        session = st.current.get(node.id)
+        if fields.update_mtime and session is not None:
+            # The draft's mtime is the file's until it is published (then the row's).
+            await self.blocking(partial(os.utime, session.fd,
+                                        ns=(attr.st_mtime_ns, attr.st_mtime_ns)))
         # uid/gid: accepted and ignored (every file belongs to the mounting user), so that
-        # `rsync -a` and `tar -x` as root do not fail; atime is not kept.
+        # `rsync -a` and `tar -x` as root do not fail; the change time moves as for the rest.
+        if (fields.update_mode or fields.update_mtime or fields.update_atime
+                or fields.update_uid or fields.update_gid):
+            st.staging.set_attrs(
+                node.id, mode=attr.st_mode if fields.update_mode else None,
+                mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+                atime_ns=attr.st_atime_ns if fields.update_atime else None)
         _, node = await self.node(area, node_id)
         return self.attrs(area, st, node)
 
-    async def _truncate(self, area: StagingArea, st: AreaState, node: Node, size: int) -> Node:
-        if node.kind == "base":
-            if size == node.size:
-                return node
-            node = await self._copy_up(area, st, node, with_bytes=size != 0)
-        of = st.open_files.get(node.id)
-        if of is None:
-            await self.blocking(os.truncate, st.staging.file(node.id), size)
-            st.staging.set_digest(node.id, hashlib.sha256(b"").hexdigest() if size == 0
-                                  else None)
-            return node
-        async with of.lock:
-            await self.blocking(os.ftruncate, of.fd, size)
-            self._changed(st, of)
+    async def _truncate(self, area: StagingArea, st: AreaState, node: Node, size: int) -> None:
+        """truncate/ftruncate: in the file's session (one of its own when none runs)."""
+        if st.current.get(node.id) is None and node.kind == "base" and size == node.size:
+            return
+        session = await self._session(area, st, node, copy=size != 0, detach=False)
+        async with session.lock:
+            await self.blocking(os.ftruncate, session.fd, size)
+            session.changed = True
             if size == 0:
-                of.restart_hash()
-            elif of.hash is not None and size != of.hash.length:
-                of.drop_hash()
-        return node
+                session.restart_hash()
+            elif session.hash is not None and size != session.hash.length:
+                session.drop_hash()
+        if session.writers == 0:
+            await self._finish(st, session)
 
-    def _changed(self, st: AreaState, of: OpenFile) -> None:
-        if not of.changed:
-            st.staging.set_digest(of.node_id, None)
-            of.changed = True
+    # -- write sessions ----------------------------------------------------------------------
+    async def _session(self, area: StagingArea, st: AreaState, node: Node, *, copy: bool,
+                       detach: bool) -> OpenBytes:
+        """The session a writer of `node` writes in: the running one, or a new one holding a
+        copy of the file's bytes (`copy`) or none. `detach` (an open with O_TRUNC): while
+        others write the running session, start a new one for this writer instead, so that two
+        `cp` to one name each write a whole file of their own and the last to close wins."""
+        while True:
+            if (starting := st.starting.get(node.id)) is not None:
+                await starting.wait()
+                continue
+            cur = st.current.get(node.id)
+            if cur is not None and cur.state == FINISHING:
+                await cur.finished.wait()
+                continue
+            break
+        fresh = st.staging.node(node.id)
+        if fresh is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if cur is not None and not (detach and cur.state == OPEN and cur.writers > 0):
+            if cur.state == CLOSED:  # finished while a commit ran: written again instead
+                st.deferred.remove(cur)
+                cur.state = OPEN
+                cur.drop_hash()
+            if not copy:
+                async with cur.lock:
+                    await self.blocking(os.ftruncate, cur.fd, 0)
+                    cur.changed = True
+                    cur.restart_hash()
+            return cur
+        return await self._start(area, st, fresh, copy)
 
-    async def _copy_up(self, area: StagingArea, st: AreaState, node: Node,
-                       with_bytes: bool) -> Node:
-        """Bring a base file's bytes to local disk before its first change."""
-        async with st.copy_lock:
-            fresh = st.staging.node(node.id)
-            if fresh is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
-            if fresh.kind != "base":
-                return fresh  # another open copied it up while we waited
-            tmp = st.staging.copy_tmp(node)
-            if with_bytes:
-                await self._fill(area, st, node, tmp)
-            return st.staging.finish_copy_up(node, tmp)
+    async def _start(self, area: StagingArea, st: AreaState, node: Node,
+                     copy: bool) -> OpenBytes:
+        started = st.starting[node.id] = trio.Event()
+        try:
+            path = st.staging.new_draft(node.id)
+            fd = await self.blocking(_new_file, path)
+            try:
+                if copy:
+                    await self._fill(area, st, node, fd)
+            except BaseException:
+                os.close(fd)
+                path.unlink(missing_ok=True)
+                raise
+            session = OpenBytes(node.id, path, fd, OPEN, changed=not copy)
+            if not copy or node.size == 0:
+                session.restart_hash()
+            st.current[node.id] = session
+            return session
+        finally:
+            del st.starting[node.id]
+            started.set()
 
-    async def _fill(self, area: StagingArea, st: AreaState, node: Node, tmp: Path) -> None:
+    async def _fill(self, area: StagingArea, st: AreaState, node: Node, out: int) -> None:
+        """Copy the node's published bytes (a local file or the registry's blob) into `out`,
+        keeping its mtime: a copy is no change."""
+        while node.kind == "local" and node.content is not None:
+            try:
+                await self.blocking(_copy_local, st.staging.file(node), out, node.mtime_ns)
+                return
+            except FileNotFoundError:  # a commit made it a base file meanwhile: read again
+                fresh = st.staging.node(node.id)
+                if fresh is None or fresh == node:
+                    raise pyfuse3.FUSEError(errno.ENOENT) from None
+                node = fresh
+        if node.kind != "base":
+            return  # a new file not yet written: nothing to copy
         path = st.staging.path(node.id)
         where = f"{area.what} @staging path {path!r} (sha256 {node.digest})"
         try:
@@ -506,149 +616,211 @@ class StagedFS:
         except Unreadable as e:
             log.error("EIO: copying up %s: %s", where, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        out = os.open(tmp, os.O_WRONLY)
         try:
             if isinstance(handle, LocalHandle):
                 await self.blocking(_kernel_copy, handle.fd, out, node.size or 0)
-                return
-            off = 0
-            while data := bytes(await handle.read(off, COPY_CHUNK)):
-                await self.blocking(os.pwrite, out, data, off)
-                off += len(data)
+            else:
+                off = 0
+                while data := bytes(await handle.read(off, COPY_CHUNK)):
+                    await self.blocking(os.pwrite, out, data, off)
+                    off += len(data)
         finally:
-            os.close(out)
             handle.close()
+        os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
+
+    async def _finish(self, st: AreaState, session: OpenBytes) -> None:
+        """The last writer closed the session: publish it (later, while a commit stores a
+        snapshot), or drop it when it changed nothing."""
+        session.state = FINISHING
+        try:
+            async with session.lock:
+                size = os.fstat(session.fd).st_size
+                run = session.hash
+                session.digest = await run.hexdigest() if run and run.length == size else None
+                session.drop_hash()
+            if not session.changed:
+                self._drop(st, session)
+            elif st.snapshotting:
+                session.state = CLOSED
+                st.deferred.append(session)
+            else:
+                self._publish(st, session)
+        except BaseException:
+            self._drop(st, session)
+            raise
+        finally:
+            session.finished.set()
+
+    def _publish(self, st: AreaState, session: OpenBytes) -> None:
+        if st.staging.publish(session.node_id, session.path, session.digest) is None:
+            session.path.unlink(missing_ok=True)  # removed meanwhile
+        session.state = PUBLISHED
+        self._forget(st, session)
+
+    def _drop(self, st: AreaState, session: OpenBytes) -> None:
+        session.state = DROPPED
+        session.path.unlink(missing_ok=True)
+        self._forget(st, session)
+
+    def _forget(self, st: AreaState, session: OpenBytes) -> None:
+        if st.current.get(session.node_id) is session:
+            del st.current[session.node_id]
+        self._close_unused(st, session)
+
+    def _close_unused(self, st: AreaState, b: OpenBytes) -> None:
+        if b.handles == 0 and st.current.get(b.node_id) is not b and b.fd >= 0:
+            os.close(b.fd)
+            b.fd = -1
+            if st.held.get(b.node_id) is b:
+                del st.held[b.node_id]
+
+    def _attach(self, st: AreaState, handle: FileHandle, b: OpenBytes) -> FileHandle:
+        handle.bytes = b
+        b.handles += 1
+        st.held[b.node_id] = b
+        if handle.writable:
+            b.writers += 1
+            st.writing.add(handle)
+        return handle
+
+    def _detach(self, st: AreaState, handle: FileHandle) -> OpenBytes:
+        b = handle.bytes
+        assert b is not None
+        b.handles -= 1
+        if handle.writable:
+            b.writers -= 1
+        return b
+
+    async def _writable_bytes(self, st: AreaState, handle: FileHandle) -> OpenBytes:
+        """The session a write through `handle` goes to: a new one once its own was finished
+        (a descriptor still open after a close of one of its duplicates, or mmap writeback)."""
+        b = handle.bytes
+        assert b is not None
+        while b.state == FINISHING:
+            await b.finished.wait()
+        if b.state == OPEN:
+            return b
+        if b.state == CLOSED:
+            st.deferred.remove(b)
+            b.state = OPEN
+            return b
+        node = st.staging.node(handle.node_id)
+        self._detach(st, handle)
+        self._close_unused(st, b)
+        if node is None:  # removed: a private copy nobody will publish
+            path = st.staging.new_draft(handle.node_id)
+            fd = await self.blocking(_new_file, path)
+            if b.fd >= 0:
+                await self.blocking(_kernel_copy, b.fd, fd, os.fstat(b.fd).st_size)
+            new = OpenBytes(handle.node_id, path, fd, OPEN, changed=True)
+        else:
+            new = await self._session(handle.area, st, node, copy=True, detach=False)
+        return self._attach(st, handle, new).bytes  # type: ignore[return-value]
 
     # -- files -------------------------------------------------------------------------------
-    async def _open_local(self, st: AreaState, node: Node) -> OpenFile:
-        of = st.open_files.get(node.id)
-        if of is None:
-            fd = await self.blocking(os.open, st.staging.file(node.id), os.O_RDWR)
-            of = st.open_files.get(node.id)  # another open raced us while we waited
-            if of is None:
-                of = st.open_files[node.id] = OpenFile(node.id, fd)
-            else:
-                os.close(fd)
-        of.handles += 1
-        return of
-
-    async def _writer(self, st: AreaState, of: OpenFile, truncate: bool) -> None:
-        if truncate:
-            async with of.lock:
-                await self.blocking(os.ftruncate, of.fd, 0)
-                self._changed(st, of)
-                of.restart_hash()
-        elif of.writers == 0:
-            size = os.fstat(of.fd).st_size
-            if size == 0:
-                of.restart_hash()
-            else:
-                of.drop_hash()
-        of.writers += 1
+    async def _published(self, st: AreaState, node: Node) -> tuple[Node, OpenBytes | None]:
+        """Open a published local file for reading (None for a base file)."""
+        while node.kind == "local" and node.content is not None:
+            path = st.staging.file(node)
+            try:
+                fd = await self.blocking(os.open, path, os.O_RDONLY)
+            except FileNotFoundError:  # a commit made it a base file meanwhile: read again
+                fresh = st.staging.node(node.id)
+                if fresh is None or fresh == node:
+                    raise pyfuse3.FUSEError(errno.ENOENT) from None
+                node = fresh
+                continue
+            return node, OpenBytes(node.id, path, fd, PUBLISHED)
+        return node, None
 
     async def open(self, area: StagingArea, node_id: int, flags: int) -> FileHandle:
         st, node = await self.node(area, node_id)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         writable = flags & os.O_ACCMODE != os.O_RDONLY
-        truncate = bool(flags & os.O_TRUNC) and writable
+        handle = FileHandle(area, node.id, writable)
         if writable:
             self._check_owner(area)
-            await self._idle(st)
-            if node.kind == "base":
-                node = await self._copy_up(area, st, node, with_bytes=not truncate)
-        if node.kind == "base":
-            path = st.staging.path(node.id)
-            where = f"{area.what} @staging path {path!r} (sha256 {node.digest})"
-            try:
-                base = await self.reader.open(area.entity, _row(node, path), where)
-            except Unreadable as e:
-                log.error("EIO: %s: %s", where, e)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-            return FileHandle(area, node.id, False, base=base)
-        of = await self._open_local(st, node)
-        if writable:
-            await self._writer(st, of, truncate)
-        return FileHandle(area, node.id, writable, local=of)
+            await self._not_resetting(st)
+            truncate = bool(flags & os.O_TRUNC)
+            session = await self._session(area, st, node, copy=not truncate, detach=truncate)
+            return self._attach(st, handle, session)
+        session = st.current.get(node.id)
+        if session is not None:  # being written: readers see the writer's bytes
+            return self._attach(st, handle, session)
+        node, published = await self._published(st, node)
+        if published is not None:
+            return self._attach(st, handle, published)
+        if node.kind != "base":  # a new file whose first writer is gone: nothing was kept
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        path = st.staging.path(node.id)
+        where = f"{area.what} @staging path {path!r} (sha256 {node.digest})"
+        try:
+            handle.base = await self.reader.open(area.entity, _row(node, path), where)
+        except Unreadable as e:
+            log.error("EIO: %s: %s", where, e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        return handle
 
     async def create(self, area: StagingArea, parent: int, name: str, mode: int,
                      flags: int) -> tuple[FileHandle, pyfuse3.EntryAttributes]:
-        node, fd = await self._change(area, Staging.create_open, parent, name, mode)
+        node, fd, path = await self._change(area, Staging.create_open, parent, name, mode)
         st = await self.state(area)
-        of = st.open_files[node.id] = OpenFile(node.id, fd)
-        of.handles += 1
-        of.changed = True  # created with no digest: the release records one
-        await self._writer(st, of, truncate=False)
-        return FileHandle(area, node.id, True, local=of), self.attrs(area, st, node)
+        session = OpenBytes(node.id, path, fd, OPEN, changed=True)
+        session.restart_hash()
+        st.current[node.id] = session
+        handle = self._attach(st, FileHandle(area, node.id, True), session)
+        return handle, self.attrs(area, st, node)
 
     async def read(self, handle: FileHandle, off: int, size: int) -> memoryview | bytes:
         if handle.base is not None:
             return await handle.base.read(off, size)
-        assert handle.local is not None
-        return await self.reader.pread(handle.local.fd, off, size)
+        assert handle.bytes is not None
+        return await self.reader.pread(handle.bytes.fd, off, size)
 
     async def write(self, handle: FileHandle, off: int, buf: bytes) -> int:
-        of = handle.local
-        if of is None or not handle.writable:
+        if handle.bytes is None or not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         st = self._areas[handle.area.slot]
-        async with of.lock:
-            self._changed(st, of)
-            run = of.hash
+        b = await self._writable_bytes(st, handle)
+        async with b.lock:
+            b.changed = True
+            run = b.hash
             if run is not None and off != run.length:
-                of.drop_hash()
+                b.drop_hash()
                 run = None
             if run is not None and not run.inline(len(buf)):
-                n = await run.write(of.fd, buf, off)
+                n = await run.write(b.fd, buf, off)
             else:
                 hasher = run.sha if run is not None else None
                 if len(buf) <= INLINE_WRITE_MAX:
-                    n = _write_and_hash(of.fd, buf, off, hasher)
+                    n = _write_and_hash(b.fd, buf, off, hasher)
                 else:
-                    n = await self.blocking(_write_and_hash, of.fd, buf, off, hasher)
+                    n = await self.blocking(_write_and_hash, b.fd, buf, off, hasher)
             if run is not None:
                 run.length += n
         return n
 
     async def fsync(self, handle: FileHandle) -> None:
         """The file's bytes, and the tree that names them (its WAL), reach the disk."""
-        if handle.local is not None:
+        if handle.bytes is not None:
             st = self._areas[handle.area.slot]
-            await self.blocking(_fsync, handle.local.fd, st.staging)
-
-    async def flush(self, handle: FileHandle) -> None:
-        """At every close(): record the digest of a file written in order. Done here rather
-        than at release, which the kernel sends only after close() has returned: `cp f
-        @staging/ && artfs commit` must find the digest (and `stat` the final size) at once.
-        A later write through another descriptor forgets it again (`_changed`)."""
-        of = handle.local
-        if of is None or not handle.writable or not of.changed:
-            return
-        st = self._areas[handle.area.slot]
-        async with of.lock:
-            size = os.fstat(of.fd).st_size
-            run = of.hash
-            digest = await run.hexdigest() if run and run.length == size else None
-            st.staging.record_digest(of.node_id, digest, size)
-            of.changed = False
+            await self.blocking(_fsync, handle.bytes.fd, st.staging)
 
     async def release(self, handle: FileHandle) -> None:
+        """The last close of a descriptor: the last writer of a session finishes it. Not at
+        flush, which every close() of a duplicate sends (a process that forks and execs while
+        writing would publish and copy the file again each time): a commit right after a
+        writer closed waits up to RELEASE_GRACE_S for this release instead."""
         if handle.base is not None:
             handle.base.close()
             return
-        of = handle.local
-        assert of is not None
         st = self._areas[handle.area.slot]
-        if handle.writable:
-            await self.flush(handle)
-            of.writers -= 1
-            if of.writers == 0:
-                of.drop_hash()
-        of.handles -= 1
-        if of.handles == 0:
-            os.close(of.fd)
-            if st.open_files.get(of.node_id) is of:
-                del st.open_files[of.node_id]
+        st.writing.discard(handle)
+        b = self._detach(st, handle)
+        if handle.writable and b.writers == 0 and b.state == OPEN:
+            await self._finish(st, b)
+        self._close_unused(st, b)
 
     # -- facts and commands ------------------------------------------------------------------
     async def facts(self, area: StagingArea, node_id: int) -> dict[str, Any]:
@@ -694,43 +866,45 @@ class StagedFS:
         # Not popped: getxattr is asked again with a larger buffer when the first was too small.
         return self._results.get(request_id)
 
-    def _open_writers(self, st: AreaState) -> list[str]:
-        return sorted(st.staging.path(of.node_id) for of in st.open_files.values()
-                      if of.writers)
+    def _unfinished(self, st: AreaState) -> list[tuple[FileHandle, OpenBytes]]:
+        """Handles open for writing whose writes no one has finished yet."""
+        return [(h, h.bytes) for h in st.writing
+                if h.bytes is not None and h.bytes.state in (OPEN, FINISHING)]
 
-    async def _exclusive(self, area: StagingArea, wait: float) -> AreaState:
-        """Take the area for a whole-tree command once no file is open for writing."""
-        st = await self.state(area)
-        await self._idle(st)
+    def _named(self, st: AreaState, busy: list[tuple[FileHandle, OpenBytes]]) -> str:
+        paths = sorted({st.staging.path(h.node_id) or f"(removed file {h.node_id})"
+                        for h, _ in busy})
+        return ", ".join(paths[:NAMED_FILES]) + (" …" if len(paths) > NAMED_FILES else "")
+
+    async def _writers_done(self, area: StagingArea, st: AreaState, wait: float) -> None:
+        """Wait (up to `wait`, at least RELEASE_GRACE_S) until every file open for writing when
+        the command began has been closed. Files opened afterwards are not waited for: a
+        commit takes what they last published, so a stream of writers cannot starve it."""
         deadline = time.monotonic() + max(wait, RELEASE_GRACE_S)
-        while busy := self._open_writers(st):
+        waiting = self._unfinished(st)
+        while waiting := [(h, b) for h, b in waiting
+                          if h in st.writing and h.bytes is b and b.state in (OPEN, FINISHING)]:
             if time.monotonic() >= deadline:
-                named = ", ".join(busy[:NAMED_FILES]) + (" …" if len(busy) > NAMED_FILES
-                                                         else "")
                 raise staging.StagingError(
-                    f"staging of {area.what} has {len(busy)} file(s) open for writing: "
-                    f"{named}; close them first, or pass --wait SECONDS")
+                    f"staging of {area.what} has {len(waiting)} file(s) open for writing: "
+                    f"{self._named(st, waiting)}; close them first, or pass --wait SECONDS")
             await trio.sleep(WAIT_POLL_S)
-            await self._idle(st)
-        st.committing = trio.Event()
-        return st
-
-    def _release_exclusive(self, st: AreaState) -> None:
-        assert st.committing is not None
-        # Handles still open for reading keep their descriptors; new opens must not share
-        # them, since a committed file's bytes may now be a registry blob.
-        st.open_files.clear()
-        st.committing.set()
-        st.committing = None
 
     async def _commit(self, area: StagingArea, request: dict[str, Any]) -> dict[str, Any]:
-        st = await self._exclusive(area, float(request.get("wait") or 0))
-        log.info("committing the staging folder of %s", area.what)
+        st = await self.state(area)
+        await self._idle(st)
+        st.command = trio.Event()
         try:
+            await self._writers_done(area, st, float(request.get("wait") or 0))
+            # From here on, sessions finished wait for the commit to end, and so does the
+            # deletion of published bytes replaced or removed: the commit reads them.
+            st.snapshotting = True
+            st.staging.hold_deletes = []
+            log.info("committing the staging folder of %s", area.what)
             done = await trio.to_thread.run_sync(self._commit_blocking, area, request,
                                                  limiter=self.limiter)
         finally:
-            self._release_exclusive(st)
+            self._end_command(st)
         # Show the new version and the moved aliases now, not after the listing TTL.
         self.tree.forget_artifact(area.entity, area.project, area.name)
         folder = self.inodes.namespace((area.entity, area.project, area.name))
@@ -741,24 +915,56 @@ class StagedFS:
         return {"ok": True, "created": done.created, "message": done.message,
                 "version": v.qualified if v else None}
 
+    def _end_command(self, st: AreaState) -> None:
+        if st.snapshotting:
+            st.snapshotting = False
+            for session in st.deferred:
+                if session.state == CLOSED:
+                    try:
+                        self._publish(st, session)
+                    except (sqlite3.Error, OSError):
+                        log.exception("publishing %s of %s after a commit failed",
+                                      session.path, st.staging.what)
+            st.deferred.clear()
+            st.staging.held_deletions()
+        assert st.command is not None
+        st.command.set()
+        st.command = None
+
     def _commit_blocking(self, area: StagingArea, request: dict[str, Any]) -> staging.Committed:
-        # Its own connection: the trio thread keeps serving lookups of the area meanwhile.
+        # Its own connection: the trio thread keeps serving the area meanwhile.
         own = Staging(self.registry.url, area.entity, area.project, area.name)
         try:
             return staging.commit(
                 self.registry, own, aliases=request.get("aliases") or (),
                 type_=request.get("type"), description=request.get("description"),
-                metadata=request.get("metadata"))
+                metadata=request.get("metadata"), force=bool(request.get("force")))
         finally:
             own.close()
 
     async def _discard(self, area: StagingArea, *, empty: bool) -> dict[str, Any]:
-        st = await self._exclusive(area, 0)
-        names = [n.name for n in st.staging.children(ROOT, limit=1 << 30)]
+        """Replace the whole tree: only with no file open for writing, and changes wait."""
+        st = await self.state(area)
+        await self._idle(st)
+        st.command = trio.Event()
         try:
-            await self.blocking(self._discard_blocking, area, empty)
+            await self._writers_done(area, st, 0)
+            if busy := [b for b in st.current.values() if b.writers]:
+                raise staging.StagingError(
+                    f"staging of {area.what} has {len(busy)} file(s) open for writing: "
+                    + ", ".join(sorted(st.staging.path(b.node_id) for b in busy)[:NAMED_FILES]))
+            names = [n.name for n in st.staging.children(ROOT, limit=1 << 30)]
+            st.resetting = trio.Event()
+            try:
+                await self.blocking(self._discard_blocking, area, empty)
+            finally:
+                for session in list(st.current.values()):
+                    session.state = DROPPED
+                    self._forget(st, session)
+                st.resetting.set()
+                st.resetting = None
         finally:
-            self._release_exclusive(st)
+            self._end_command(st)
         root = self.inode(area, ROOT)
         for name in names:  # the old nodes are gone: drop what the kernel remembers of them
             pyfuse3.invalidate_entry_async(root, os.fsencode(name), ignore_enoent=True)
