@@ -894,9 +894,9 @@ def commit(
     if result.created:
         return Committed(v, True, f"committed {v.qualified} ({len(changes.added)} added, "
                                   f"{len(changes.changed)} changed, {len(changes.removed)} "
-                                  f"removed)")
+                                  f"removed); aliases: {', '.join(v.aliases)}")
     return Committed(v, False, f"unchanged: staging of {area.what} has the contents of "
-                               f"{v.qualified}; no new version")
+                               f"{v.qualified}; no new version; aliases: {', '.join(v.aliases)}")
 
 
 def discard(registry: Registry, area: Staging, *, empty: bool = False) -> None:
