@@ -85,6 +85,8 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._mtimes: dict[int, int] = {}
         self.staged = StagedFS(registry, tree, reader, self.inodes, self._attrs)
+        #: Artifacts whose read-only versions a write was refused in; logged once each.
+        self._hinted: set[tuple[str, str, str]] = set()
 
     # -- helpers -----------------------------------------------------------------------------
     def _node(self, inode: int) -> Namespace | tuple[View, int] | tuple[StagingArea, int]:
@@ -93,6 +95,19 @@ class Operations(pyfuse3.Operations):
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         return node  # type: ignore[return-value]
+
+    def _read_only(self, inode: int) -> pyfuse3.FUSEError:
+        """EROFS for a write into a version or alias folder; the first one per artifact is
+        logged with where such writes go instead."""
+        node = self._node(inode)
+        view = node[0] if isinstance(node, tuple) else None
+        if isinstance(view, View) and (view.entity, view.project, view.name) not in self._hinted:
+            self._hinted.add((view.entity, view.project, view.name))
+            artifact = f"{view.entity}/{view.project}/{view.name}"
+            log.warning("EROFS: %s/%s is a committed version, read-only; to change it, write "
+                        "into %s/%s and run `artfs commit`", artifact,
+                        view.alias or f"v{view.version}", artifact, STAGING_NAME)
+        return _erofs()
 
     async def _staging(self, coro: Any) -> Any:
         """Await a staging request: OS errors keep their errno; anything unexpected is logged
@@ -357,7 +372,7 @@ class Operations(pyfuse3.Operations):
             self._files[fh] = await self._staging(self.staged.open(*staged, flags))
             return pyfuse3.FileInfo(fh=fh)
         if flags & WRITE_FLAGS:
-            raise _erofs()
+            raise self._read_only(inode)
         node = self._view(inode)
         if isinstance(node, Namespace):
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -416,7 +431,7 @@ class Operations(pyfuse3.Operations):
                                                            pyfuse3.EntryAttributes]:
         staged = self._staged(parent_inode)
         if staged is None:
-            raise _erofs()
+            raise self._read_only(parent_inode)
         handle, attrs = await self._staging(
             self.staged.create(*staged, os.fsdecode(name), mode, flags))
         fh = next(self._fh)
@@ -513,7 +528,7 @@ class Operations(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         staged = self._staged(inode)
         if staged is None:
-            raise _erofs()
+            raise self._read_only(inode)
         return await self._staging(self.staged.setattr(*staged, attr, fields))
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
@@ -553,7 +568,7 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         staged = self._staged(parent_inode)
         if staged is None:
-            raise _erofs()
+            raise self._read_only(parent_inode)
         await self._staging(self.staged.unlink(*staged, os.fsdecode(name)))
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
