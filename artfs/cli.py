@@ -1,8 +1,13 @@
-"""The `artfs` command: list, inspect, put, get, alias, cache; `mount` lives in `artfs.fs`."""
+"""artfs: versioned ML artifacts as ordinary files.
+
+Log files as versions of named artifacts (put), read them back (get, ls, info), move aliases,
+or mount the whole registry as a folder tree whose @staging folders turn into new versions
+with `artfs commit`. Set ARTFS_DEBUG=1 to see the traceback behind an error."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import signal
@@ -13,9 +18,15 @@ from pathlib import Path
 
 from . import config, transfer
 from .cache import LocalCache
-from .errors import ArtfsError, SourceError
+from .errors import ArtfsError, DestinationNotEmpty, SourceError
+from .manifest import Manifest
 from .names import ArtifactRef, check_alias, check_name, parse_ref
-from .registry import Registry, Source, check_metadata, check_unique, init_registry
+from .registry import Registry, Source, Version, check_metadata, check_unique, init_registry
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 file`, `2 files`: every count a user reads goes through here."""
+    return f"{n} {noun}" if n == 1 else f"{n:,} {plural or noun + 's'}"
 
 
 def _human(n: int) -> str:
@@ -69,7 +80,8 @@ def cmd_ls(args: argparse.Namespace) -> None:
         for v in reg.versions(e, p, n):
             rec = reg.version(ArtifactRef(e, p, n, f"v{v}"), with_aliases=False)
             aliases = ",".join(sorted(by_version.get(v, [])))
-            print(f"v{v}\t{_human(rec.size)}\t{rec.file_count} files\t{rec.created_at}\t{aliases}")
+            print(f"v{v}\t{_human(rec.size)}\t{_count(rec.file_count, 'file')}\t"
+                  f"{rec.created_at}\t{aliases}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -95,7 +107,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     for key in ("registry", "artifact", "type", "version", "aliases", "versions", "digest"):
         val = info[key]
         print(f"{key + ':':13}{', '.join(val) if isinstance(val, list) else val}")
-    print(f"{'size:':13}{_human(v.size)} in {v.file_count} files")
+    print(f"{'size:':13}{_human(v.size)} in {_count(v.file_count, 'file')}")
     print(f"{'created_at:':13}{v.created_at}")
     if v.description:
         print(f"{'description:':13}{v.description}")
@@ -149,10 +161,36 @@ def cmd_put(args: argparse.Namespace) -> None:
     print(f"{state} {result.version.qualified} ({', '.join(result.version.aliases)})")
 
 
+def _listing(paths: list[str], most: int = 5) -> str:
+    shown = ", ".join(paths[:most])
+    return shown + (f" and {len(paths) - most:,} more" if len(paths) > most else "")
+
+
+def _check_destination(reg: Registry, v: Version, manifest: Manifest, dest: Path,
+                       args: argparse.Namespace) -> None:
+    """Downloading into a folder holding other files must not silently replace or mix."""
+    if args.force:
+        return
+    found = transfer.destination_conflicts(reg, manifest.values(), dest)
+    problems = []
+    if found.overwritten:
+        problems.append(f"{_count(len(found.overwritten), 'file')} would be overwritten "
+                        f"({_listing(found.overwritten)})")
+    if found.foreign and not args.merge:
+        problems.append(f"{_count(len(found.foreign), 'file')} not in {v.qualified} would be "
+                        f"mixed in ({_listing(found.foreign)})")
+    if problems:
+        remedy = "--force to overwrite" if found.overwritten else "--merge to add to them"
+        raise DestinationNotEmpty(f"{dest} is not empty: {'; '.join(problems)}; use {remedy}, "
+                                  "or choose an empty folder")
+
+
 def cmd_get(args: argparse.Namespace) -> None:
     reg = _registry(args)
     v = reg.version(_ref(args, args.name))
-    dest = transfer.download(reg, v, reg.manifest(v).values(), Path(args.dest))
+    manifest = reg.manifest(v)
+    _check_destination(reg, v, manifest, Path(args.dest), args)
+    dest = transfer.download(reg, v, manifest.values(), Path(args.dest))
     print(f"{v.qualified} → {dest}")
 
 
@@ -176,19 +214,35 @@ def cmd_cache(args: argparse.Namespace) -> None:
         print(f"freed {_human(cache.clean())} from {cache.root}")
         return
     u = cache.usage()
-    print(f"{cache.root}: {u.blobs[0]} blobs, {u.indexes[0]} version indexes, "
+    print(f"{cache.root}: {_count(u.blobs[0], 'blob')}, "
+          f"{_count(u.indexes[0], 'version index', 'version indexes')}, "
           f"{_human(u.blobs[1] + u.indexes[1])} of {_human(cache.blobs.limit)}; "
           f"{_human(u.other[1])} more in tables and partial reads")
 
 
 # -- parser -------------------------------------------------------------------------------------
 def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
-    parser.add_argument("--registry", default=default, help="registry location (default: "
-                        "$ARTFS_REGISTRY or the embedded local registry)")
+    parser.add_argument("--registry", default=default, metavar="URL",
+                        help="a folder, s3://bucket/prefix or gs://bucket/prefix (default: "
+                        "$ARTFS_REGISTRY, else the embedded registry in ~/.local/share/artfs)")
     parser.add_argument("--entity", default=default,
-                        help="default entity (default: $ARTFS_ENTITY or login)")
+                        help="entity of names given without one (default: $ARTFS_ENTITY, "
+                        "else your login name)")
     parser.add_argument("--project", default=default,
-                        help="default project (default: $ARTFS_PROJECT)")
+                        help="project of names given without one (default: $ARTFS_PROJECT, "
+                        f"else {config.DEFAULT_PROJECT!r})")
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress bar (there is none when stderr is not a terminal)")
+
+
+def _version() -> str:
+    try:
+        return f"artfs {importlib.metadata.version('artfs')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "artfs (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_common(common, argparse.SUPPRESS)
 
-    parser = argparse.ArgumentParser(prog="artfs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="artfs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
     _add_common(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -217,32 +273,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("put", parents=[common], help="log files or folders as the next version")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--name", required=True)
-    p.add_argument("--type", required=True)
-    p.add_argument("--alias", action="append", default=[])
-    p.add_argument("--description")
-    p.add_argument("--metadata", help="JSON object")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="a file (stored under its name) or a folder (its files stored under "
+                   "their paths inside it)")
+    p.add_argument("--name", required=True, help="artifact name, [entity/][project/]name")
+    p.add_argument("--type", required=True,
+                   help="artifact type, e.g. dataset or model (fixed by the first version)")
+    p.add_argument("--alias", action="append", default=[],
+                   help="alias to point at the version; repeat for several (latest is always "
+                   "set)")
+    p.add_argument("--description", help="text describing the version")
+    p.add_argument("--metadata", help="a JSON object stored with the version")
+    _add_quiet(p)
     p.set_defaults(func=cmd_put)
 
     p = sub.add_parser("get", parents=[common], help="download a version into a folder")
-    p.add_argument("name")
-    p.add_argument("dest")
+    p.add_argument("name", help="[entity/][project/]name[:version-or-alias] (default: latest)")
+    p.add_argument("dest", help="folder to download into (created if missing)")
+    p.add_argument("--merge", action="store_true",
+                   help="allow a folder holding other files: add the version's files to them "
+                   "(never overwrites a file whose bytes differ)")
+    p.add_argument("--force", action="store_true",
+                   help="also overwrite files of the version's paths whose bytes differ")
+    _add_quiet(p)
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser("alias", parents=[common], help="point an alias at a version")
-    p.add_argument("name", help="name:vN")
-    p.add_argument("alias")
+    p.add_argument("name", help="[entity/][project/]name:vN (or :alias)")
+    p.add_argument("alias", help="the alias to set (moved if it points elsewhere)")
     p.add_argument("--delete", action="store_true", help="remove the alias instead")
     p.set_defaults(func=cmd_alias)
 
-    p = sub.add_parser("cache", parents=[common], help="show or empty the local cache")
-    p.add_argument("--clean", action="store_true")
+    p = sub.add_parser("cache", parents=[common],
+                       help="show or empty this machine's cache (ARTFS_CACHE_DIR)")
+    p.add_argument("--clean", action="store_true",
+                   help="delete every cached blob and version index (fetched again when "
+                   "needed)")
     p.set_defaults(func=cmd_cache)
 
     from .fs import cli as fs_cli
 
     fs_cli.add_commands(sub, common)
+    for listed in sub._choices_actions:  # `artfs CMD --help` opens with the line `--help` lists
+        command = sub.choices[listed.dest]
+        command.description = command.description or listed.help
     return parser
 
 

@@ -39,6 +39,10 @@ class FileChangedError(SourceError):
     """A source file that changed while it was being added or uploaded."""
 
 
+class DestinationNotEmpty(ArtfsError):
+    """A download into a folder whose other files it would overwrite or mix with."""
+
+
 class IntegrityError(ArtfsError):
     """Bytes that do not match the digest recorded for them."""
 

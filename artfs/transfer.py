@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -57,6 +58,36 @@ class Destinations:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.parent.resolve().is_relative_to(self._real_root):
             raise InvalidPath(f"{dest} would be written outside {self.root}")
+
+
+@dataclass
+class Conflicts:
+    """What downloading into a folder that is not empty would do to the files already there."""
+
+    #: Files of the version's paths whose bytes differ: downloading replaces them.
+    overwritten: list[str]
+    #: Files the version does not have: they would end up mixed with it.
+    foreign: list[str]
+
+
+def destination_conflicts(registry: Registry, entries: Iterable[Entry], root: Path) -> Conflicts:
+    """Compare `root` with `entries`: a folder holding a part of the very same version (an
+    interrupted download, a second `get`) has no conflicts."""
+    by_path = {e.path: e for e in entries}
+    overwritten, foreign = [], []
+    if not root.is_dir():
+        return Conflicts([], [])
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            entry = by_path.get(rel)
+            if entry is None:
+                if not name.endswith(".artfs-partial"):
+                    foreign.append(rel)
+            elif entry.digest is None or registry.hashes.hash(path) != entry.digest:
+                overwritten.append(rel)
+    return Conflicts(sorted(overwritten), sorted(foreign))
 
 
 def _progress(total: int, what: str) -> tqdm:

@@ -26,13 +26,23 @@ from .tree import STAGING_NAME
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register the filesystem commands on the main parser."""
     p = sub.add_parser("mount", parents=[common],
-                       help="show the registry as a read-only directory tree")
+                       help="show the registry as a folder tree: versions read-only, each "
+                       "artifact's @staging writable")
     p.add_argument("mountpoint", help="an empty folder")
     p.add_argument("--foreground", "-f", action="store_true",
                    help="stay in the foreground and log to the terminal")
     p.add_argument("--read-only", action="store_true",
                    help="mount read-only as a whole (no staging folders)")
-    p.add_argument("--cache-size", help="size of the local blob cache, e.g. 20G")
+    p.add_argument("--cache-size", help="size of the local blob cache, e.g. 20G "
+                   "(default: $ARTFS_CACHE_SIZE, else 10G)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="this machine's blob cache (default: $ARTFS_CACHE_DIR, else "
+                   "~/.cache/artfs)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="staged files, mount logs (default: $ARTFS_STATE_DIR, else "
+                   "~/.local/state/artfs)")
+    p.add_argument("--log-file", metavar="FILE",
+                   help="the mount's log (default: a file per mount point in the state dir)")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users see the mount (needs user_allow_other in "
                         "/etc/fuse.conf for non-root users)")
@@ -40,7 +50,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount an artfs mount")
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", help="the folder it is mounted on")
     p.add_argument("--lazy", "-z", action="store_true",
                    help="detach now even if busy; finish when the last file is closed")
     p.set_defaults(func=cmd_umount)
@@ -61,10 +71,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
     p = sub.add_parser("commit", help="turn an artifact's @staging folder into its next version")
     p.add_argument("path", metavar="PATH", help="artifact folder in a mount, or its @staging")
-    p.add_argument("--alias", action="append", default=[], help="alias to point at it")
+    p.add_argument("--alias", action="append", default=[],
+                   help="alias to point at the new version; repeat for several")
     p.add_argument("--type", help="artifact type (required for a new artifact)")
-    p.add_argument("--description")
-    p.add_argument("--metadata", help="JSON object")
+    p.add_argument("--description", help="text describing the version")
+    p.add_argument("--metadata", help="a JSON object stored with the version")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for files open for writing when the commit starts "
                         "(default: refuse them after 1 s)")
@@ -74,15 +85,15 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.set_defaults(func=cmd_commit)
 
     p = sub.add_parser("diff", help="show files added (A), changed (M), removed (D) in staging")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="artifact folder in a mount, or its @staging")
     p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("discard", help="drop staged changes: staging shows the latest version")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="artifact folder in a mount, or its @staging")
     p.set_defaults(func=cmd_discard)
 
     p = sub.add_parser("stage", help="restart an artifact's staging folder")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="artifact folder in a mount, or its @staging")
     p.add_argument("--empty", action="store_true",
                    help="start empty instead of from the latest version")
     p.set_defaults(func=cmd_stage)
@@ -91,6 +102,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 def cmd_mount(args: argparse.Namespace) -> None:
     from .mount import MountOptions, mount
 
+    # The mount process and everything it calls read these two from the environment.
+    for option, variable in ((args.cache_dir, "ARTFS_CACHE_DIR"),
+                             (args.state_dir, "ARTFS_STATE_DIR")):
+        if option:
+            os.environ[variable] = str(Path(option).expanduser().absolute())
     opts = MountOptions(
         mountpoint=Path(args.mountpoint).expanduser().absolute(),
         registry=args.registry,
@@ -98,6 +114,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
         read_only=args.read_only,
         allow_other=args.allow_other,
         debug=args.debug,
+        log_file=Path(args.log_file).expanduser().absolute() if args.log_file else None,
     )
     if mount(opts, foreground=args.foreground):
         raise SystemExit(1)

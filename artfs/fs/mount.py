@@ -56,6 +56,8 @@ class MountOptions:
     read_only: bool
     allow_other: bool
     debug: bool
+    #: None: a file per mount point in the state folder.
+    log_file: Path | None = None
 
 
 def _files(mnt: Path) -> tuple[Path, Path]:
@@ -178,7 +180,8 @@ def _unescape(field: str) -> str:
     return field.encode().decode("unicode_escape")
 
 
-def serve(opts: MountOptions, ready: Callable[[], None], pid_file: Path | None) -> None:
+def serve(opts: MountOptions, ready: Callable[[list[str]], None],
+          pid_file: Path | None) -> None:
     """Mount, serve requests until unmounted or signalled, then unmount and clean up."""
     # `kill -USR1 PID` writes every thread's stack to the log: how to see what a hung request
     # is waiting for.
@@ -205,7 +208,7 @@ def serve(opts: MountOptions, ready: Callable[[], None], pid_file: Path | None) 
     try:
         if pid_file is not None:
             pid_file.write_text(f"{os.getpid()}\n")
-        trio.run(_main, opts.mountpoint, reader, ready)
+        trio.run(_main, opts.mountpoint, reader, lambda: ready(_warnings(ops)))
     finally:
         pyfuse3.close(unmount=True)
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -213,6 +216,15 @@ def serve(opts: MountOptions, ready: Callable[[], None], pid_file: Path | None) 
         if pid_file is not None:
             pid_file.unlink(missing_ok=True)
         log.info("unmounted %s", opts.mountpoint)
+
+
+def _warnings(ops: Operations) -> list[str]:
+    """What the user must know at mount time, not only from the log."""
+    if ops.staged.owner is None:
+        return []
+    return [f"@staging folders are read-only in this mount: mount pid {ops.staged.owner} on "
+            "this machine serves them for the same registry and state folder; write through "
+            "that mount, or unmount it first"]
 
 
 async def _main(mnt: Path, reader: Reader, ready: Callable[[], None]) -> None:
@@ -252,10 +264,15 @@ def _configure_logging(stream: object, debug: bool) -> None:
 def mount(opts: MountOptions, *, foreground: bool) -> int:
     prepare_mountpoint(opts.mountpoint)
     log_file, pid_file = _files(opts.mountpoint)
+    if opts.log_file is not None:
+        opts.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file = opts.log_file
     if foreground:
         _configure_logging(sys.stderr, opts.debug)
 
-        def announce() -> None:
+        def announce(warnings: list[str]) -> None:
+            for warning in warnings:
+                print(f"artfs: warning: {warning}", file=sys.stderr)
             print(f"artfs: mounted on {opts.mountpoint}; Ctrl-C or `artfs umount "
                   f"{opts.mountpoint}` to unmount", file=sys.stderr, flush=True)
 
@@ -285,7 +302,9 @@ def _daemonize(opts: MountOptions, log_file: Path, pid_file: Path) -> int:
             logging.shutdown()
             os._exit(code)
     os.close(write_end)
-    message = _read_message(read_end)
+    message, *warnings = _read_message(read_end).split("\t")
+    for warning in warnings:
+        print(f"artfs: warning: {warning}", file=sys.stderr)
     if message == "ok":
         print(f"artfs: mounted {opts.registry or config.registry_url()} on {opts.mountpoint} "
               f"(pid {pid}, log {log_file})")
@@ -325,8 +344,9 @@ class _Notifier:
         os.close(self.fd)
         self.fd = None
 
-    def ready(self) -> None:
-        self._send("ok")
+    def ready(self, warnings: list[str]) -> None:
+        # One line: the parent reads up to the first newline.
+        self._send("\t".join(["ok", *(" ".join(w.split()) for w in warnings)]))
 
     def error(self, message: str) -> None:
         self._send(message.replace("\n", " "))
