@@ -63,3 +63,12 @@ def test_make_mount_installs_only_what_the_mount_needs() -> None:
     umount = subprocess.run(["make", "-n", "umount"], cwd=REPO, capture_output=True,
                             text=True, timeout=60, check=True).stdout
     assert ".venv/bin/artfs umount" in umount
+
+
+def test_readme_names_every_setting_the_code_reads() -> None:
+    readme = (REPO / "README.md").read_text()
+    code = "\n".join(p.read_text() for d in ("artfs", "sdk") for p in (REPO / d).rglob("*.py"))
+    settings = set(re.findall(r"ARTFS_[A-Z0-9_]*[A-Z0-9]", code))
+    assert "ARTFS_STATE_DIR" in settings
+    assert sorted(s for s in settings if f"`{s}" not in readme) == []
+    assert "### Two machines, one registry" in readme
