@@ -87,3 +87,22 @@ def log_files(registry_url: str, tmp_path: Path) -> Callable[..., sdk.Artifact]:
         return art
 
     return log
+
+
+@pytest.fixture
+def forbid_claim_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail at once if a log waits for another writer's digest claim to expire, instead of
+    asserting on a clock: the registry's only wait is the sleep between looks at a claim."""
+    import time
+
+    import artfs.registry
+
+    class NoSleep:
+        def __getattr__(self, name: str) -> object:
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            raise AssertionError(f"the log waited {seconds} s on a digest claim")
+
+    monkeypatch.setattr(artfs.registry, "time", NoSleep())

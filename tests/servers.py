@@ -266,3 +266,28 @@ def make_store_url(tmp_path: Path, make_bucket: Callable[..., str]) -> Callable[
         raise ValueError(f"unknown store kind {kind!r}; expected 'local', 's3' or 'gcs'")
 
     return make
+
+
+def registry_keys(url: str) -> list[str]:
+    """Everything stored at a registry location, read with the servers' own clients (not
+    artfs's stores, which a test may be checking): the keys below an `s3://` or `gs://` prefix,
+    or the paths below a local folder ("." for the folder itself). "Changes nothing" is this
+    list, equal before and after."""
+    if url.startswith(("s3://", "gs://")):
+        bucket, _, prefix = url.split("://", 1)[1].partition("/")
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        if url.startswith("s3://"):
+            import boto3
+
+            pages = boto3.session.Session().client("s3").get_paginator("list_objects_v2")
+            return sorted(o["Key"] for page in pages.paginate(Bucket=bucket, Prefix=prefix)
+                          for o in page.get("Contents", []))
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        client = storage.Client(project="test", credentials=AnonymousCredentials())
+        return sorted(b.name for b in client.list_blobs(bucket, prefix=prefix))
+    root = Path(url)
+    if not root.exists():
+        return []
+    return ["."] + sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))

@@ -29,6 +29,7 @@ from artfs.errors import (
 )
 from artfs.manifest import Manifest
 from artfs.registry import Registry
+from tests.servers import registry_keys
 
 ENTITY, PROJECT = "tester", "uncategorized"
 ARTIFACTS = f"entities/{ENTITY}/projects/{PROJECT}/artifacts"
@@ -301,10 +302,21 @@ def test_file_is_not_taken_for_a_registry(tmp_path: Path) -> None:
     assert (tmp_path / "notes.txt").read_text() == "hi"
 
 
-def test_registry_with_a_foreign_marker_is_refused(registry: Registry) -> None:
-    registry.store.put("registry.json", b'{"format": "something-else"}')
+def test_registry_with_a_foreign_marker_is_refused(registry: Registry, registry_url: str,
+                                                   tmp_path: Path) -> None:
+    foreign = b'{"format": "something-else"}'
+    registry.store.put("registry.json", foreign)
+    before = registry_keys(registry_url)
     with pytest.raises(NotARegistry, match="registry.json"):
         sdk.Api(registry=registry.url)
+    (tmp_path / "a.txt").write_text("a")
+    with pytest.raises(NotARegistry, match="registry.json"):
+        with sdk.init(job_type="test", registry=registry.url) as run:
+            art = sdk.Artifact("ds", type="dataset")
+            art.add_file(tmp_path / "a.txt")
+            run.log_artifact(art)
+    assert registry_keys(registry_url) == before
+    assert registry.store.get("registry.json") == foreign
 
 
 # -- tampering ----------------------------------------------------------------------------------

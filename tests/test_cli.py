@@ -13,6 +13,7 @@ import pytest
 import sdk
 from artfs.cli import main
 from artfs.registry import Registry
+from tests.servers import registry_keys
 
 ENTITY, PROJECT = "tester", "uncategorized"
 
@@ -63,10 +64,13 @@ def test_put_several_files(registry_url: str, data: Path, capsys) -> None:
 def test_put_of_a_missing_path_names_it_and_changes_nothing(
     registry_url: str, data: Path, capsys
 ) -> None:
+    before = registry_keys(registry_url)
+    assert before  # the listing sees the new registry's marker
     code, _, err = artfs(capsys, "put", str(data), str(data / "nope"), "--name", "ds",
                          "--type", "dataset")
     assert code == 1 and "nope" in err
     assert Registry(registry_url).entities() == []
+    assert registry_keys(registry_url) == before
 
 
 def test_put_of_two_files_with_one_name_is_refused(
@@ -75,23 +79,32 @@ def test_put_of_two_files_with_one_name_is_refused(
     other = tmp_path / "other"
     other.mkdir()
     (other / "a.txt").write_text("other a")
+    before = registry_keys(registry_url)
+    assert before  # the listing sees the new registry's marker
     code, _, err = artfs(capsys, "put", str(data), str(other), "--name", "ds", "--type", "dataset")
     assert code == 1 and "'a.txt'" in err and "added twice" in err
     assert Registry(registry_url).entities() == []
+    assert registry_keys(registry_url) == before
 
 
 def test_put_with_a_version_like_alias_is_refused(registry_url: str, data: Path, capsys) -> None:
+    before = registry_keys(registry_url)
+    assert before  # the listing sees the new registry's marker
     code, _, err = artfs(capsys, "put", str(data), "--name", "ds", "--type", "dataset",
                          "--alias", "v3")
     assert code == 1 and "'v3'" in err
     assert Registry(registry_url).entities() == []
+    assert registry_keys(registry_url) == before
 
 
-def test_put_with_another_type_is_refused(put_v0, data: Path, capsys) -> None:
+def test_put_with_another_type_is_refused(put_v0, registry_url: str, data: Path,
+                                          capsys) -> None:
     (data / "a.txt").write_text("changed")
+    before = registry_keys(registry_url)
     code, _, err = artfs(capsys, "put", str(data), "--name", "ds", "--type", "model")
     assert code == 1 and "'dataset'" in err and "'model'" in err
     assert len(sdk.Api().artifacts("dataset", "ds")) == 1
+    assert registry_keys(registry_url) == before
 
 
 def test_ls_walks_entities_projects_artifacts_and_versions(put_v0, capsys) -> None:

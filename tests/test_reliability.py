@@ -157,7 +157,7 @@ def test_registry_open_sweeps_temp_files_of_a_killed_writer(tmp_path: Path) -> N
 
 
 def test_digest_claim_of_a_dead_writer_is_taken_over(
-    registry: Registry, tmp_path: Path
+    registry: Registry, tmp_path: Path, forbid_claim_waits: None
 ) -> None:
     """A writer that died between claiming the digest and taking a number blocks nobody."""
     dead = subprocess.Popen(["true"])
@@ -168,17 +168,16 @@ def test_digest_claim_of_a_dead_writer_is_taken_over(
     claim = {"claim": "dead", "host": socket.gethostname(), "pid": dead.pid, "at": time.time()}
     prefix = f"entities/{ENTITY}/projects/{PROJECT}/artifacts/ds/"
     registry.store.put(prefix + f"digests/{manifest.digest}.json", json.dumps(claim).encode())
-    started = time.monotonic()
     art = sdk.Artifact("ds", type="dataset")
     art.add_file(tmp_path / "a.txt")
     with sdk.init(job_type="test") as run:
         run.log_artifact(art)
     assert art.version == "v0" and art.digest == manifest.digest
-    assert time.monotonic() - started < 5
 
 
 def test_failed_commit_gives_its_digest_claim_back(
-    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    forbid_claim_waits: None
 ) -> None:
     """Otherwise the same contents logged again by this live process would wait for the TTL."""
     (tmp_path / "a.txt").write_text("a")
@@ -200,7 +199,7 @@ def test_failed_commit_gives_its_digest_claim_back(
     monkeypatch.setattr(registry.store, "put_if_absent", fail_on_version)
     with pytest.raises(OSError, match="disk full"):
         log()
+    assert registry.versions(ENTITY, PROJECT, "ds") == []  # nothing committed, no alias
+    assert registry.aliases(ENTITY, PROJECT, "ds") == {}
     monkeypatch.setattr(registry.store, "put_if_absent", real)
-    started = time.monotonic()
     assert log().version == "v0"
-    assert time.monotonic() - started < 5

@@ -384,7 +384,9 @@ def test_get_path_of_an_unknown_entry_names_it(log_files) -> None:
 
 def test_verify_accepts_an_exact_download(log_files, tmp_path: Path) -> None:
     art = log_files("ds", {"a.txt": b"a", "d/b.txt": b"b"})
-    art.verify(art.download(tmp_path / "out"))
+    out = art.download(tmp_path / "out")
+    assert contents(out) == {"a.txt": b"a", "d/b.txt": b"b"}
+    art.verify(out)  # raises IntegrityError on any difference (next test)
 
 
 @pytest.mark.parametrize("damage", ["modified", "missing", "extra"])

@@ -19,15 +19,16 @@ import pytest
 from artfs.cli import main
 from artfs.registry import init_registry
 
-#: A long-lived reader: for each line on stdin, resolve `name:latest` again with the same Api
-#: object (no restart) and print what it holds.
+#: A long-lived reader: for each line on stdin, resolve `name:latest` (or `name:vN`) again with
+#: the same Api object (no restart) and print what it holds.
 READER = """
 import json, sys, tempfile
 import sdk
 api = sdk.Api()
 print("ready", flush=True)
 for line in sys.stdin:
-    art = api.artifact(line.strip() + ":latest")
+    spec = line.strip()
+    art = api.artifact(spec if ":" in spec else spec + ":latest")
     dest = art.download(tempfile.mkdtemp())
     print(json.dumps({"version": art.version,
                       "text": open(dest + "/value.txt").read()}), flush=True)
@@ -118,7 +119,8 @@ def test_reader_sees_a_new_alias_from_another_machine_without_restarting(
     assert not (tmp_path / "a" / "cache" / "blobs" / digest[:2] / digest).exists()
 
 
-def test_eight_writers_on_two_machines_never_collide(shared_url: str, tmp_path: Path) -> None:
+def test_eight_writers_on_two_machines_get_distinct_versions_holding_their_bytes(
+        shared_url: str, tmp_path: Path) -> None:
     envs = [machine_env(tmp_path, m, shared_url) for m in ("a", "b")]
     writers = [start(WRITER, envs[i % 2], "race", f"writer-{i}", str(tmp_path / f"w{i}.txt"))
                for i in range(8)]
@@ -134,18 +136,27 @@ def test_eight_writers_on_two_machines_never_collide(shared_url: str, tmp_path: 
     versions = sorted(int(r["version"][1:]) for r in results)
     assert versions == list(range(8)), f"lost or doubled versions: {results}"
     # Each version holds the bytes of the writer that got its number, read from a third cache.
-    reader_env = machine_env(tmp_path, "c", shared_url)
-    reader = start(READER, reader_env)
+    assert read_versions(machine_env(tmp_path, "c", shared_url), "race",
+                         [f"v{i}" for i in range(8)] + ["latest"]) == \
+        [{"version": r["version"], "text": r["text"]}
+         for r in sorted(results, key=lambda r: int(r["version"][1:]))] + \
+        [{"version": "v7", "text": next(r["text"] for r in results if r["version"] == "v7")}]
+
+
+def read_versions(env: dict[str, str], name: str, specs: list[str]) -> list[dict[str, str]]:
+    """What one reader process finds at `name:spec` for each spec, in order."""
+    reader = start(READER, env)
     try:
         assert expect_line(reader) == "ready"
-        write(reader, "race")
-        latest = json.loads(expect_line(reader))
+        found = []
+        for spec in specs:
+            write(reader, f"{name}:{spec}")
+            found.append(json.loads(expect_line(reader)))
     finally:
         assert reader.stdin is not None
         reader.stdin.close()
-        reader.wait(timeout=60)
-    assert latest["version"] == "v7"
-    assert {"version": "v7", "text": latest["text"]} in results
+        assert reader.wait(timeout=60) == 0
+    return found
 
 
 @pytest.mark.parametrize("kind", ["s3", "gcs"])
