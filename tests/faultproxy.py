@@ -15,10 +15,10 @@ URLs the server builds stay valid) except that a seeded fraction of requests mee
 `outage_after(n)` drops every request after the next `n`, to place a hard failure at each step
 of a commit. `inject(fault, when, times)` aims a fault at the next requests a predicate picks
 (say, the ranged GETs of one blob), and can also ``stall``: send the headers and half the body,
-then hold the rest until the test calls `release()` (`stalled` is set meanwhile, so a test
-waits on that event rather than a clock). Counters say how many faults of each kind were
-injected (`outage` apart), so a test can prove faults happened rather than assume it; `seen`
-lists every request as (method, path, Range header).
+then hold the rest until the test calls `release()`, or ``hold`` a request before forwarding
+it until then (`stalled` is set meanwhile, so a test waits on that event, not a clock).
+Counters say how many faults of each kind were injected (`outage` apart), so a test can prove
+faults happened rather than assume it; `seen` lists every request as (method, path, Range).
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from urllib.parse import urlsplit
 #: Every fault the proxy can inject; `FaultProxy(faults=...)` picks a subset.
 FAULTS = ("drop_before", "drop_after", "error_500", "error_503", "slowdown", "truncate")
 
-#: Faults only `inject` aims (never drawn at random): a stalled response waits for `release`.
-AIMED_FAULTS = (*FAULTS, "stall")
+#: Faults only `inject` aims (never drawn at random): a stalled response waits for `release`
+#: with half its body sent; a held request waits for it before it is forwarded at all.
+AIMED_FAULTS = (*FAULTS, "stall", "hold")
 #: How long a stalled response waits for `release` before it goes on by itself, so a failing
 #: test cannot leave a client hanging forever.
 STALL_LIMIT_S = 120.0
@@ -242,6 +243,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "drop_before":
             self.owner.record(fault)
             return self._drop()
+        if fault == "hold":
+            self.owner.record(fault)
+            self.owner.stalled.set()
+            self.owner._release.wait(STALL_LIMIT_S)
         if fault in _ERRORS:
             self.owner.record(fault)
             status, code = _ERRORS[fault]

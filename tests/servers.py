@@ -291,3 +291,81 @@ def registry_keys(url: str) -> list[str]:
     if not root.exists():
         return []
     return ["."] + sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+#: Allows everything: the identity that sets up buckets and users once IAM is enforced.
+ADMIN_POLICY = {"Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+
+
+@dataclass(frozen=True)
+class IamS3:
+    """A moto server that checks every request against IAM: its 403s are real refusals."""
+
+    endpoint: str
+    #: boto3 variables of an identity allowed everything.
+    admin_env: dict[str, str]
+
+    def client(self, service: str, env: dict[str, str] | None = None):  # noqa: ANN201 - boto3
+        import boto3
+
+        creds = env or self.admin_env
+        return boto3.session.Session(
+            aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1",
+        ).client(service, endpoint_url=self.endpoint)
+
+    def identity(self, policy: dict[str, object]) -> dict[str, str]:
+        """boto3 variables of a new user whose only rights are `policy`."""
+        import json
+
+        iam = self.client("iam")
+        name = f"user-{uuid.uuid4().hex[:12]}"
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="only", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return {**s3_client_env(self.endpoint), "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+
+def enforce_iam(endpoint: str) -> None:
+    """Make a moto server check IAM for every request from now on (`/moto-api/reset-auth`)."""
+    urllib.request.urlopen(urllib.request.Request(
+        endpoint + "/moto-api/reset-auth", data=b"0", method="POST",
+        # Not form-encoded, or the server parses the body away as a form.
+        headers={"Content-Type": "text/plain"})).close()
+
+
+@pytest.fixture(scope="session")
+def iam_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IamS3]:
+    """A moto server of its own (IAM enforcement is server-wide) with an admin identity."""
+    import json
+
+    import boto3
+
+    proc, endpoint = start_moto(tmp_path_factory.mktemp("iam-moto") / "moto.log")
+    try:
+        iam = boto3.session.Session(**{"aws_access_key_id": "testing",
+                                       "aws_secret_access_key": "testing",
+                                       "region_name": "us-east-1"}
+                                    ).client("iam", endpoint_url=endpoint)
+        iam.create_user(UserName="admin")
+        iam.put_user_policy(UserName="admin", PolicyName="all",
+                            PolicyDocument=json.dumps(ADMIN_POLICY))
+        key = iam.create_access_key(UserName="admin")["AccessKey"]
+        enforce_iam(endpoint)
+        yield IamS3(endpoint, {**s3_client_env(endpoint), "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                               "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]})
+    finally:
+        stop_server(proc)
+
+
+@contextmanager
+def identity_env(env: dict[str, str]) -> Iterator[None]:
+    """boto3 here and in child processes uses the identity `env` (from `IamS3.identity`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in S3_UNSET_ENV:
+            mp.delenv(name, raising=False)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        yield

@@ -1,24 +1,25 @@
 """The local blob cache: verified fills, LRU eviction under ARTFS_CACHE_SIZE, no partial files.
 
 The cache serves registries that are not local directories (a local registry's blobs are read
-in place), so besides `BlobCache` itself these tests use a store that hides that it is local.
+in place), so besides `BlobCache` itself these tests use a registry on the S3 test server,
+reached through a fault proxy whose request list shows what was fetched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import sdk
 from artfs.cache import BlobCache
-from artfs.errors import IntegrityError
+from artfs.errors import ArtfsError, IntegrityError
 from artfs.registry import Registry
-from artfs.store.base import ObjectInfo, Store
-from artfs.store.local import LocalStore
+from tests.faultproxy import FaultProxy
 
 
 def sha(data: bytes) -> str:
@@ -34,58 +35,31 @@ def cache(tmp_path: Path) -> BlobCache:
     return BlobCache(tmp_path / "blobcache", limit=250)
 
 
-class RemoteLikeStore(Store):
-    """A local directory behind the plain `Store` interface, so the registry uses its cache."""
+@dataclass
+class Remote:
+    registry: Registry
+    proxy: FaultProxy
 
-    def __init__(self, root: Path) -> None:
-        self.inner = LocalStore(root)
-        self.url = f"remote-like:{root}"
-        self.fetched: list[str] = []
-        self.fail_fetch_after: int | None = None
-
-    def get(self, key: str) -> bytes:
-        return self.inner.get(key)
-
-    def get_with_token(self, key: str) -> tuple[bytes, str]:
-        return self.inner.get_with_token(key)
-
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        return self.inner.get_range(key, start, length)
-
-    def head(self, key: str) -> ObjectInfo | None:
-        return self.inner.head(key)
-
-    def put(self, key: str, data: bytes) -> None:
-        self.inner.put(key, data)
-
-    def put_if_absent(self, key: str, data: bytes) -> bool:
-        return self.inner.put_if_absent(key, data)
-
-    def put_if_match(self, key: str, data: bytes, token: str) -> bool:
-        return self.inner.put_if_match(key, data, token)
-
-    def put_file(self, key: str, path: Path) -> None:
-        self.inner.put_file(key, path)
-
-    def get_file(self, key: str, path: Path) -> None:
-        self.fetched.append(key)
-        if self.fail_fetch_after is not None:
-            data = self.inner.get(key)
-            path.write_bytes(data[: self.fail_fetch_after])
-            raise ConnectionResetError(f"connection lost while fetching {key}")
-        self.inner.get_file(key, path)
-
-    def list(self, prefix: str) -> Iterator[str]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
+    def blob_gets(self) -> int:
+        """GETs of file bytes (blobs, or packs of small blobs) the registry has made."""
+        return sum(1 for r in self.proxy.seen
+                   if r.method == "GET" and ("/blobs/" in r.path or "/packs/" in r.path))
 
 
 @pytest.fixture
-def remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+def remote(request: pytest.FixtureRequest, make_bucket: Callable[..., str],
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[Remote]:
+    """A registry on the S3 test server, through a proxy, with a 250-byte cache."""
+    bucket = make_bucket("s3")
+    proxy = FaultProxy(request.getfixturevalue("s3_server").endpoint, rate=0.0, seed=1).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     monkeypatch.setenv("ARTFS_CACHE_SIZE", "250")
-    return Registry(store=RemoteLikeStore(tmp_path / "remote"), create=True)
+    reg = Registry(f"s3://{bucket}/reg", create=True)
+    try:
+        yield Remote(reg, proxy)
+    finally:
+        reg.close()
+        proxy.stop()
 
 
 def log(reg: Registry, files: dict[str, bytes]) -> sdk.Artifact:
@@ -162,35 +136,41 @@ def test_cache_index_survives_reopening(cache: BlobCache) -> None:
     assert again.usage() == (1, 3) and again.get(sha(b"abc")) is not None
 
 
-# -- through a registry on a non-local store ----------------------------------------------------
+# -- through a registry on a remote store ------------------------------------------------------
 def test_download_from_a_remote_store_fills_the_cache_once(
-    remote: Registry, tmp_path: Path
+    remote: Remote, tmp_path: Path
 ) -> None:
-    art = log(remote, {"a.bin": b"a" * 100})
+    art = log(remote.registry, {"a.bin": b"a" * 100})
+    before = remote.blob_gets()
     art.download(tmp_path / "one")
+    fetched = remote.blob_gets() - before
     art.download(tmp_path / "two")
-    assert len(remote.store.fetched) == 1
-    assert remote.cache.get(sha(b"a" * 100)) is not None
+    assert fetched >= 1 and remote.blob_gets() - before == fetched
+    assert remote.registry.cache.get(sha(b"a" * 100)) is not None
     assert (tmp_path / "two" / "a.bin").read_bytes() == b"a" * 100
 
 
-def test_cache_stays_within_ARTFS_CACHE_SIZE(remote: Registry, tmp_path: Path) -> None:
-    arts = [log(remote, {"f.bin": bytes([i]) * 100}) for i in range(3)]
+def test_cache_stays_within_ARTFS_CACHE_SIZE(remote: Remote, tmp_path: Path) -> None:
+    arts = [log(remote.registry, {"f.bin": bytes([i]) * 100}) for i in range(3)]
     for i, art in enumerate(arts):
         art.download(tmp_path / f"out{i}")
-    assert remote.cache.limit == 250
-    assert remote.cache.usage() == (2, 200)
-    assert remote.cache.get(sha(bytes([0]) * 100)) is None  # the least recently used
+    cache = remote.registry.cache
+    assert cache.limit == 250
+    assert cache.usage() == (2, 200)
+    assert cache.get(sha(bytes([0]) * 100)) is None  # the least recently used
 
 
 def test_interrupted_remote_download_leaves_nothing_that_looks_complete(
-    remote: Registry, tmp_path: Path
+    remote: Remote, tmp_path: Path
 ) -> None:
-    art = log(remote, {"a.bin": b"a" * 100})
-    remote.store.fail_fetch_after = 40
+    art = log(remote.registry, {"a.bin": b"a" * 100})
+    # Every response with file bytes is cut off halfway, retries included.
+    remote.proxy.inject("truncate", lambda r: r.method == "GET" and (
+        "/blobs/" in r.path or "/packs/" in r.path), times=1000)
     out = tmp_path / "out"
-    with pytest.raises(ConnectionResetError):
+    with pytest.raises(ArtfsError, match=remote.registry.url):
         art.download(out)
+    assert remote.proxy.counts["truncate"] > 1  # the first cut was retried, then gave up
     assert not out.exists() or list(out.iterdir()) == []
-    assert remote.cache.get(sha(b"a" * 100)) is None
-    assert os.listdir(remote.cache.root / "tmp") == []
+    assert remote.registry.cache.get(sha(b"a" * 100)) is None
+    assert os.listdir(remote.registry.cache.root / "tmp") == []

@@ -30,6 +30,7 @@ from artfs.manifest import Entry
 from artfs.refs import gs as refs_gs
 from artfs.refs import s3 as refs_s3
 from tests.http_server import HttpServer
+from tests.servers import IamS3, identity_env
 
 #: W&B's documented example project, as objects (plus a sibling prefix that must never match).
 EXAMPLE = {
@@ -482,42 +483,58 @@ def test_read_range_of_a_versioned_source_reads_the_recorded_version(
 
 
 # -- credentials ----------------------------------------------------------------------------------
-def test_s3_access_denied_at_add_time_names_the_uri(s3_server) -> None:
-    from botocore.stub import Stubber
+def iam_bucket(iam_s3: IamS3, objects: dict[str, bytes], versioned: bool = False) -> str:
+    """A bucket on the IAM-enforcing server holding `objects`, set up by its admin."""
+    bucket = f"private-{os.urandom(6).hex()}"
+    admin = iam_s3.client("s3")
+    admin.create_bucket(Bucket=bucket)
+    if versioned:
+        admin.put_bucket_versioning(Bucket=bucket,
+                                    VersioningConfiguration={"Status": "Enabled"})
+    for key, data in objects.items():
+        admin.put_object(Bucket=bucket, Key=key, Body=data)
+    return bucket
 
-    uri = "s3://private-bucket/model.h5"
-    with Stubber(refs_s3.client()) as stub:
-        stub.add_client_error("head_object", "403", "Forbidden", 403)
+
+def allow(bucket: str, *actions: str) -> dict[str, object]:
+    """A policy allowing only `actions` on `bucket` and its objects."""
+    return {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": list(actions),
+         "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}
+
+
+def test_s3_access_denied_at_add_time_names_the_uri(iam_s3: IamS3) -> None:
+    bucket = iam_bucket(iam_s3, {"model.h5": b"weights"})
+    uri = f"s3://{bucket}/model.h5"
+    with identity_env(iam_s3.identity(allow(bucket, "s3:GetBucketLocation"))):
         with pytest.raises(AccessDenied, match=f"access denied to reference {uri}"):
             sdk.Artifact("refs", type="dataset").add_reference(uri)
 
 
-def test_s3_access_denied_at_download_names_uri_and_entry(s3_source: S3Source,
+def test_s3_access_denied_at_download_names_uri_and_entry(iam_s3: IamS3,
                                                           tmp_path: Path) -> None:
-    from botocore.stub import Stubber
-
-    uri = s3_source.put("a.bin", b"abc")
-    art = log_ref(uri)
-    with Stubber(refs_s3.client()) as stub:
-        stub.add_client_error("get_object", "AccessDenied", "denied", 403)
+    bucket = iam_bucket(iam_s3, {"a.bin": b"abc"})
+    uri = f"s3://{bucket}/a.bin"
+    with identity_env(iam_s3.identity(allow(bucket, "s3:GetObject", "s3:ListBucket"))):
+        art = log_ref(uri)
+    with identity_env(iam_s3.identity(allow(bucket, "s3:ListBucket"))):
         with pytest.raises(AccessDenied, match=f"reference {uri} \\(entry a.bin\\)"):
             download_one(art, "a.bin", tmp_path / "dl")
+    assert not (tmp_path / "dl" / "a.bin").exists()
 
 
-def test_s3_prefix_without_list_versions_permission_falls_back_to_etags(s3_server) -> None:
-    from botocore.stub import Stubber
-
-    with Stubber(refs_s3.client()) as stub:
-        stub.add_client_error("head_object", "404", "Not Found", 404)
-        stub.add_client_error("get_bucket_versioning", "AccessDenied", "denied", 403)
-        stub.add_client_error("list_object_versions", "AccessDenied", "denied", 403)
-        stub.add_response("list_objects_v2", {"Contents": [
-            {"Key": "d/a.bin", "Size": 3, "ETag": '"e"'}], "IsTruncated": False, "KeyCount": 1})
-        (entry,) = refs.expand("s3://some-bucket/d", None, True, 10)
-    assert (entry.path, entry.size, dict(entry.extra)) == ("a.bin", 3, {"etag": '"e"'})
+def test_s3_prefix_without_list_versions_permission_falls_back_to_etags(iam_s3: IamS3) -> None:
+    bucket = iam_bucket(iam_s3, {"d/a.bin": b"abc"}, versioned=True)
+    etag = iam_s3.client("s3").head_object(Bucket=bucket, Key="d/a.bin")["ETag"]
+    # Reading and listing allowed; s3:GetBucketVersioning and s3:ListBucketVersions not.
+    with identity_env(iam_s3.identity(allow(bucket, "s3:GetObject", "s3:ListBucket"))):
+        (entry,) = refs.expand(f"s3://{bucket}/d", None, True, 10)
+    assert (entry.path, entry.size, dict(entry.extra)) == ("a.bin", 3, {"etag": etag})
 
 
 def test_gs_access_denied_names_the_uri(gcs_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in: fake-gcs-server has no IAM, so no request to it is ever refused; the
+    # client's Forbidden is raised where the bucket lookup would have received it.
     from google.api_core.exceptions import Forbidden
 
     def forbidden(*_: object, **__: object) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
 import signal
@@ -9,19 +11,24 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import sdk
 from artfs.manifest import Manifest
-from artfs.registry import Registry, Source
+from artfs.registry import Registry, Source, init_registry
 from artfs.store.local import TMP_DIR, LocalStore
+from tests.faultproxy import FaultProxy, Request
 
 ENTITY, PROJECT = "tester", "uncategorized"
 WRITERS = 8
 #: Large enough to take the streaming upload path, not the read-it-whole path of small files.
 BIG = 16 * 1024 * 1024
+#: Three 16 MiB parts (S3 multipart, GCS resumable chunks): killed while the second goes up.
+MULTIPART_BIG = 40 * 1024 * 1024
+ENDPOINT_VAR = {"s3": "AWS_ENDPOINT_URL", "gcs": "STORAGE_EMULATOR_HOST"}
 
 #: Waits for a start signal so that all writers commit at the same moment, not one by one as
 #: their interpreters finish starting.
@@ -40,7 +47,7 @@ print(art.version, flush=True)
 """
 
 #: Stalls once its source is copied into a registry temp file (local) or hashed (object stores,
-#: before any upload), so the parent can kill it at a known point of the upload.
+#: before any upload), so the parent can kill it at a known point of the copy.
 SLOW_WRITER = """
 import sys, time
 import artfs.store.base as base
@@ -113,7 +120,8 @@ def test_concurrent_writers_of_identical_contents_make_one_version(
     assert reg.aliases(ENTITY, PROJECT, "shared") == {"latest": 0}
 
 
-def test_writer_killed_mid_upload_leaves_no_version_and_the_next_one_succeeds(
+@pytest.mark.parametrize("registry_url", ["local"], indirect=True)
+def test_writer_killed_mid_copy_leaves_no_version_and_the_next_one_succeeds(
     registry_url: str, tmp_path: Path
 ) -> None:
     src = tmp_path / "big.bin"
@@ -130,6 +138,67 @@ def test_writer_killed_mid_upload_leaves_no_version_and_the_next_one_succeeds(
     art = sdk.Artifact("big", type="dataset")
     art.add_file(src)
     with sdk.init(job_type="writer") as run:
+        run.log_artifact(art)
+    assert art.version == "v0"
+    assert (Path(art.download(tmp_path / "out")) / "big.bin").read_bytes() == src.read_bytes()
+
+
+#: Logs its file (argv[1]) once and says which version it got.
+LOG_ONCE = """
+import sys
+import sdk
+art = sdk.Artifact("big", type="dataset")
+art.add_file(sys.argv[1])
+with sdk.init(job_type="writer") as run:
+    run.log_artifact(art)
+print(art.version, flush=True)
+"""
+
+
+def second_part_upload(kind: str) -> Callable[[Request], bool]:
+    """Picks the upload of the file's second part: S3's UploadPart 2, GCS's second chunk of
+    its resumable upload (both 16 MiB parts)."""
+    if kind == "s3":
+        return lambda r: r.method == "PUT" and "partNumber=2&" in r.path + "&"
+    chunks = itertools.count()
+    return lambda r: r.method == "PUT" and "upload_id=" in r.path and next(chunks) == 1
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_writer_killed_during_the_multipart_upload_leaves_no_version_and_the_next_succeeds(
+    kind: str, make_store_url: Callable[[str], str], request: pytest.FixtureRequest,
+    tmp_path: Path
+) -> None:
+    url = make_store_url(kind)
+    init_registry(url)
+    server = request.getfixturevalue(f"{kind}_server")
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(MULTIPART_BIG))
+    proxy = FaultProxy(server.endpoint, rate=0.0, seed=1).start()
+    try:
+        proxy.inject("hold", second_part_upload(kind))
+        env = {**os.environ, "ARTFS_REGISTRY": url, ENDPOINT_VAR[kind]: proxy.endpoint}
+        writer = subprocess.Popen([sys.executable, "-c", LOG_ONCE, str(src)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proxy.stalled.wait(120), "the upload never reached its second part"
+            assert writer.poll() is None
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(timeout=30)
+            proxy.release()
+    finally:
+        proxy.stop()
+    assert proxy.counts["hold"] == 1
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    reg = Registry(url)
+    assert reg.versions(ENTITY, PROJECT, "big") == []
+    assert reg.store.head(Registry.blob_key(ENTITY, digest)) is None  # never completed
+    reg.close()
+    # The same file logged again makes the version, whole.
+    art = sdk.Artifact("big", type="dataset")
+    art.add_file(src)
+    with sdk.init(job_type="writer", registry=url) as run:
         run.log_artifact(art)
     assert art.version == "v0"
     assert (Path(art.download(tmp_path / "out")) / "big.bin").read_bytes() == src.read_bytes()

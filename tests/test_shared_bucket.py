@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -177,3 +178,67 @@ def test_registry_option_selects_a_bucket_and_info_shows_it(
     assert main(["info", "ds", "--registry", url]) == 0
     assert f"registry:    {url}" in capsys.readouterr().out
     assert not Path(os.environ["ARTFS_REGISTRY"]).exists()
+
+
+#: How long the soak's writers keep logging. The acceptance asks for at least 30 s of racing.
+SOAK_S = 30.0
+#: Writers of the soak, alternating between two machines.
+SOAK_WRITERS = 4
+
+#: Logs versions of one artifact until a deadline, printing what each log got. Every third log
+#: holds contents the other writers log too (`common-<k>`), so identical logs race as well.
+SOAK_WRITER = """
+import json, pathlib, sys, time
+import sdk
+name, wid, deadline, work = sys.argv[1], sys.argv[2], float(sys.argv[3]), pathlib.Path(sys.argv[4])
+i = 0
+while time.time() < deadline:
+    text = f"common-{i // 3}" if i % 3 == 2 else f"{wid}-{i}"
+    path = work / f"{wid}-{i}.txt"
+    path.write_text(text)
+    art = sdk.Artifact(name, type="dataset")
+    art.add_file(str(path), name="value.txt")
+    with sdk.init(job_type="soak") as run:
+        run.log_artifact(art)
+    print(json.dumps({"version": art.version, "text": text}), flush=True)
+    i += 1
+"""
+
+
+@pytest.mark.slow
+def test_soak_writers_on_two_machines_racing_for_30_s_keep_every_version_whole(
+        shared_url: str, tmp_path: Path) -> None:
+    deadline = time.time() + SOAK_S
+    writers = []
+    for i in range(SOAK_WRITERS):
+        work = tmp_path / f"w{i}"
+        work.mkdir()
+        writers.append(start(SOAK_WRITER, machine_env(tmp_path, "ab"[i % 2], shared_url),
+                             "soak", f"writer{i}", str(deadline), str(work)))
+    outputs = []
+    for w in writers:
+        out, _ = w.communicate(timeout=SOAK_S + 300)
+        assert w.returncode == 0, f"a writer failed:\n{out}"
+        outputs.append([json.loads(line) for line in out.splitlines()])
+    assert all(len(o) >= 2 for o in outputs), "a writer logged less than twice in the soak"
+    results = [r for o in outputs for r in o]
+    version_of: dict[str, set[str]] = {}
+    text_of: dict[str, set[str]] = {}
+    for r in results:
+        version_of.setdefault(r["text"], set()).add(r["version"])
+        text_of.setdefault(r["version"], set()).add(r["text"])
+    # Identical contents got one version, distinct contents distinct versions...
+    assert all(len(v) == 1 for v in version_of.values()), version_of
+    assert all(len(t) == 1 for t in text_of.values()), text_of
+    assert any(sum(r["text"] == text for r in results) > 1 for text in version_of), \
+        "no two writers logged the same contents: the deduplication race never ran"
+    # ...numbered from v0 without a gap, and each holds exactly what its writer logged.
+    count = len(text_of)
+    assert sorted(text_of, key=lambda v: int(v[1:])) == [f"v{i}" for i in range(count)]
+    specs = [f"v{i}" for i in range(count)] + ["latest"]
+    found = read_versions(machine_env(tmp_path, "c", shared_url), "soak", specs)
+    expected = [{"version": f"v{i}", "text": next(iter(text_of[f"v{i}"]))} for i in range(count)]
+    assert found[:-1] == expected
+    # `latest` may name an older version: logging known contents moves it there (SPEC §2).
+    assert found[-1] in expected
+    print(f"\nsoak: {len(results)} logs by {SOAK_WRITERS} writers, {count} versions")

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import threading
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,8 @@ import pytest
 
 from artfs.errors import AccessDenied, KeyNotFound, StoreError
 from artfs.store import Store, open_store
+from tests.faultproxy import FaultProxy
+from tests.servers import IamS3, identity_env
 
 KINDS = ["local", "s3", "gcs"]
 MiB = 1024 * 1024
@@ -307,58 +310,64 @@ def test_s3_file_uploads_carry_a_crc32_per_part(s3_store: Store, tmp_path: Path)
     assert _s3_head(s3_store, "f")["ChecksumCRC32"] == base64.b64encode(expected).decode()
 
 
-def test_s3_a_resent_conditional_write_that_had_landed_still_counts_as_won(
-    s3_store: Store,
+@pytest.fixture
+def proxied(request: pytest.FixtureRequest, make_bucket: Callable[..., str],
+            monkeypatch: pytest.MonkeyPatch) -> Callable[[str], tuple[Store, FaultProxy]]:
+    """`proxied(kind)`: a store on a fresh bucket reached through a fault proxy (no faults
+    unless the test aims one)."""
+    proxies: list[FaultProxy] = []
+    stores: list[Store] = []
+
+    def make(kind: str) -> tuple[Store, FaultProxy]:
+        bucket = make_bucket(kind)
+        server = request.getfixturevalue(f"{kind}_server")
+        proxy = FaultProxy(server.endpoint, rate=0.0, seed=1).start()
+        proxies.append(proxy)
+        monkeypatch.setenv("AWS_ENDPOINT_URL" if kind == "s3" else "STORAGE_EMULATOR_HOST",
+                           proxy.endpoint)
+        store = open_store(f"{'s3' if kind == 's3' else 'gs'}://{bucket}/reg")
+        stores.append(store)
+        return store, proxy
+
+    yield make
+    for s in stores:
+        s.close()
+    for p in proxies:
+        p.stop()
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_a_resent_conditional_write_that_had_landed_still_counts_as_won(
+    proxied: Callable[[str], tuple[Store, FaultProxy]], kind: str
 ) -> None:
-    """A put whose response is lost is resent by botocore and then fails its own If-None-Match."""
-    client = s3_store._client  # type: ignore[attr-defined]
-    resent: list[bool] = []
-
-    def lose_first_response(response: object, **_: object) -> int | None:
-        if not resent:
-            resent.append(True)
-            return 0  # botocore: retry now, as if the connection had dropped after the write
-        return None
-
-    client.meta.events.register("needs-retry.s3.PutObject", lose_first_response)
-    assert s3_store.put_if_absent("claim", b"mine") is True
-    assert resent == [True]
-    assert s3_store.put_if_absent("claim", b"theirs") is False
+    """The write reaches the server, the connection drops before its response; the client's
+    retry then fails its own precondition (412), which must still count as won."""
+    store, proxy = proxied(kind)
+    # S3 names the key in the path; GCS in the body of its single upload request.
+    proxy.inject("drop_after", lambda r: r.method in ("PUT", "POST")
+                 and ("claim" in r.path or "/upload/" in r.path))
+    assert store.put_if_absent("claim", b"mine") is True
+    assert proxy.counts["drop_after"] == 1
+    assert store.put_if_absent("claim", b"theirs") is False
+    assert store.get("claim") == b"mine"
 
 
-def test_s3_access_denied_names_key_and_registry(s3_store: Store) -> None:
-    from botocore.stub import Stubber
-
-    with Stubber(s3_store._client) as stub:  # type: ignore[attr-defined]
-        stub.add_client_error("put_object", "AccessDenied", "denied", 403)
-        with pytest.raises(AccessDenied) as exc:
-            s3_store.put("secret/key", b"x")
+def test_s3_access_denied_names_key_and_registry(iam_s3: IamS3) -> None:
+    bucket = f"denied-{uuid.uuid4().hex[:12]}"
+    iam_s3.client("s3").create_bucket(Bucket=bucket)
+    read_only = iam_s3.identity({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+         "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]})
+    with identity_env(read_only):
+        store = open_store(f"s3://{bucket}/reg")
+        try:
+            with pytest.raises(AccessDenied) as exc:
+                store.put("secret/key", b"x")
+            assert list(store.list("")) == []  # reading is allowed, and nothing was written
+        finally:
+            store.close()
     assert "access denied writing 'secret/key'" in str(exc.value)
-    assert s3_store.url in str(exc.value)
-
-
-def test_gcs_a_resent_conditional_write_that_had_landed_still_counts_as_won(
-    gcs_store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The upload reaches the server but its response is lost; the client's retry then gets 412."""
-    import requests
-
-    session = gcs_store._client._http  # type: ignore[attr-defined]
-    send = session.request
-    lost: list[str] = []
-
-    def lose_first_upload_response(method: str, url: str, *args: object, **kwargs: object):
-        response = send(method, url, *args, **kwargs)
-        if method == "POST" and "/upload/" in url and not lost:
-            lost.append(url)
-            raise requests.ConnectionError("connection reset after the write")
-        return response
-
-    monkeypatch.setattr(session, "request", lose_first_upload_response)
-    assert gcs_store.put_if_absent("claim", b"mine") is True
-    assert len(lost) == 1
-    assert gcs_store.put_if_absent("claim", b"theirs") is False
-    assert gcs_store.get("claim") == b"mine"
+    assert f"s3://{bucket}/reg" in str(exc.value)
 
 
 @pytest.mark.parametrize("kind", ["s3", "gcs"])
@@ -386,6 +395,8 @@ def test_gcs_conditional_writes_refuse_sizes_that_would_be_resumable(gcs_store: 
 def test_gcs_access_denied_names_key_and_registry(
     gcs_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A stand-in: fake-gcs-server has no IAM, so no request to it is ever refused; the
+    # client's Forbidden is raised where the upload would have received it.
     from google.api_core.exceptions import Forbidden
     from google.cloud.storage import Blob
 
