@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -32,6 +34,29 @@ class Row:
     @property
     def ratio(self) -> float:
         return self.ours / self.baseline if self.baseline else float("nan")
+
+    def meets_target(self) -> bool | None:
+        """Whether the row meets its target; None where it states none. A target reads
+        `<= 2.0` (the ratio) or `<= 2 s` (our own time); text after it is a comment. A row
+        whose measurement failed (NaN) misses its target."""
+        m = _TARGET.match(self.target)
+        if m is None:
+            return None
+        op, limit, unit = m.group(1), float(m.group(2)), m.group(3)
+        value = self.ours if unit == "s" else self.ratio
+        if math.isnan(value):
+            return False
+        return {"<=": value <= limit, "<": value < limit, ">=": value >= limit,
+                ">": value > limit}[op]
+
+
+#: `<op> <number>[x| s]` at the start of a target; see `Row.meets_target`.
+_TARGET = re.compile(r"^\s*(<=|<|>=|>)\s*([0-9]*\.?[0-9]+)\s*(x|s)?(?!\s*[A-Za-z/])")
+
+
+def failed_row(name: str, ours: float, baseline_name: str, target: str, error: object) -> Row:
+    """A comparison whose baseline could not be measured: printed as failed, never dropped."""
+    return Row(name, ours, baseline_name, float("nan"), target, note=f"FAILED: {error}")
 
 
 def median_time(fn: Callable[[], object], runs: int, setup: Callable[[], object] | None = None
