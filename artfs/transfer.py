@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import refs
+from .blobs import Origin
 from .errors import IntegrityError, InvalidPath, ReferenceChanged
 from .hashing import SMALL_FILE, copy_and_hash, copy_file, stat_key
 from .manifest import Entry
@@ -150,10 +151,13 @@ def download(
             else:
                 assert entry.digest is not None
                 what = f"entry {entry.path} of {version.qualified}"
-                big = (entry.size or 0) > SMALL_FILE
-                if not (big and registry.fetch_blob_uncached(version.entity, entry.digest, tmp,
-                                                             what)):
-                    src = registry.blob_file(version.entity, entry.digest, what)
+                blobs = registry.blobs
+                loc = blobs.locate(version.entity, entry.digest, entry.size or 0, SMALL_FILE)
+                if loc.origin is Origin.STREAM:
+                    blobs.fetch_direct(loc, entry.digest, tmp, what)
+                else:
+                    src = (loc.path if loc.origin is Origin.CACHED
+                           else blobs.blob_file(version.entity, entry.digest, what))
                     _copy_verified(registry, src, tmp, entry, version)
             os.rename(tmp, dest)
             st = os.stat(dest)

@@ -35,7 +35,8 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
-from .. import keys, refs
+from .. import refs
+from ..blobs import Origin
 from ..errors import ArtfsError
 from ..manifest import Entry
 from ..registry import Registry
@@ -561,33 +562,29 @@ class Reader:
         return LocalHandle(self, where, fd, mapped)
 
     async def _open_blob(self, entity: str, digest: str, size: int, where: str) -> Handle:
-        key = keys.blob(entity, digest)
-        in_place = self.registry.store.local_path(key)
-        if in_place is not None:
-            if not in_place.exists():
-                raise Unreadable(f"blob is missing from registry {self.registry.url}")
-            actual = await self._single.get(
-                ("hash", str(in_place)), lambda: self.blocking(self.registry.hashes.hash,
-                                                               in_place))
-            if actual != digest:
-                raise Unreadable(f"blob file {in_place} is corrupt: its bytes hash to {actual}")
+        blobs = self.registry.blobs
+        loc = await self.blocking(blobs.locate, entity, digest, size, WHOLE_FETCH_MAX)
+        if loc.origin is Origin.IN_PLACE:
+            assert loc.path is not None
+            in_place = loc.path
+            await self._single.get(("hash", str(in_place)),
+                                   lambda: self.blocking(blobs.check_in_place, in_place, digest))
             return await self._open_local(in_place, where)
-        cached = await self.blocking(self.registry.cache.get, digest)
-        if cached is not None:
+        if loc.origin is Origin.CACHED:
+            assert loc.path is not None
             try:
-                return await self._open_local(cached, where)
+                return await self._open_local(loc.path, where)
             except FileNotFoundError:
                 log.info("blob %s left the cache as it was opened (evicted by another "
                          "process): fetching it again", digest)
-        if size <= WHOLE_FETCH_MAX:
+        if loc.origin is not Origin.STREAM:
             path = await self._single.get(
-                ("blob", digest), lambda: self.blocking(self.registry.blob_file, entity, digest))
+                ("blob", digest), lambda: self.blocking(blobs.fetch_whole, entity, digest))
             return await self._open_local(path, where)
         blob = self._partials.get(digest)
         if blob is None or blob.error:
-            store = self.registry.store
             blob = PartialBlob(self, digest, size,
-                               lambda off, n: store.get_range(key, off, n),
+                               lambda off, n: blobs.read_range(loc.key, off, n),
                                # unique: a closed blob's fetch may still be finishing a write
                                self.work_dir / f"{digest}.{uuid.uuid4().hex[:8]}.partial")
             self._partials[digest] = blob
