@@ -144,6 +144,10 @@ class Blobs:
         """Unverified bytes of a STREAM blob; the caller hashes them as they land."""
         return self.store.get_range(key, offset, length)
 
+    def adopt_streamed(self, digest: str, file: Path) -> Path:
+        """A STREAM blob whose every byte the caller hashed to `digest` joins the cache."""
+        return self.cache.adopt_hashed(digest, file)
+
     # -- writing --------------------------------------------------------------------------------
     def has_blob(self, entity: str, digest: str) -> bool:
         loc = self._pack_loc(entity, digest)

@@ -421,7 +421,7 @@ class PartialBlob:
         actual = self.hasher.hexdigest()
         if actual != self.digest:
             raise Unreadable(f"its bytes hash to {actual}")
-        self.reader.registry.cache.adopt_hashed(self.digest, self.file)
+        self.reader.registry.blobs.adopt_streamed(self.digest, self.file)
 
     # -- reading -----------------------------------------------------------------------------
     async def read(self, off: int, size: int) -> memoryview | bytes:
