@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -526,3 +527,24 @@ def test_a_file_removed_while_open_keeps_working(registry_url, log_files, mount)
         f.seek(0)
         assert f.read() == b"still mine, and more"
     assert tree_of(stage) == FILES
+
+
+@local_only
+def test_commands_after_the_mount_died_say_it_is_not_running(registry_url, log_files,
+                                                             mount) -> None:
+    log_files("dead", FILES)
+    m = mount()
+    stage = staging_of(m, "dead")
+    (stage / "new.txt").write_bytes(b"new")
+    os.kill(m.pid, signal.SIGKILL)
+    assert m.wait_gone()
+    for args in (["diff", str(stage)], ["commit", str(m.artifact("dead"))],
+                 ["info", str(stage / "new.txt")]):
+        r = artfs(*args, check=False)
+        assert r.returncode == 1, args
+        assert f"the mount at {m.root} is not running (ENOTCONN" in r.stderr, args
+        assert f"artfs mount {m.root}" in r.stderr and "Traceback" not in r.stderr
+    m.force_unmount()
+    m2 = mount()
+    # "A!" when the kill came before the kernel's release of the file (just after close).
+    assert re.search(r"^A!? new.txt", artfs("diff", str(staging_of(m2, "dead"))).stdout, re.M)

@@ -128,15 +128,38 @@ def cmd_umount(args: argparse.Namespace) -> None:
 
 def mounted_facts(path: str) -> dict[str, Any] | None:
     """The facts an artfs mount publishes for `path`, or None when it is not inside one."""
-    if not os.path.lexists(path):
-        return None
     try:
+        if not os.path.lexists(path):
+            _check_alive(path)
+            return None
         raw = os.getxattr(path, XATTR_PREFIX + "info")
     except OSError as e:
         if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
             return None
+        _check_alive(path)
         raise ArtfsError(f"cannot read the facts of {path}: {e}") from e
     return json.loads(raw)
+
+
+def _check_alive(path: str) -> None:
+    dead = dead_mount(path)
+    if dead is not None:
+        raise ArtfsError(
+            f"the mount at {dead} is not running (ENOTCONN: its process ended); staged files "
+            f"are kept on local disk: mount it again with `artfs mount {dead}` (it cleans up "
+            "the stale mount point), then retry")
+
+
+def dead_mount(path: str) -> Path | None:
+    """The mount point above `path` whose FUSE process is gone (it answers ENOTCONN). Asked
+    with statfs, which the kernel always sends on: `stat` may answer from its cache."""
+    here = Path(path).expanduser().absolute()
+    for folder in [*reversed(here.parents), here]:
+        try:
+            os.statvfs(folder)
+        except OSError as e:
+            return folder if e.errno == errno.ENOTCONN else None
+    return None
 
 
 def print_facts(facts: dict[str, Any], *, as_json: bool) -> None:
@@ -190,12 +213,15 @@ def cmd_commit(args: argparse.Namespace) -> None:
 
 
 def cmd_diff(args: argparse.Namespace) -> None:
-    _, facts = staged_artifact(args.path)
+    folder, facts = staged_artifact(args.path)
     entity, project, name = facts["artifact"].split("/")
     root = staging.registry_root(facts["registry"]) / entity / project / name
     if not (root / "index.db").exists():
         print(f"no staged changes: the staging folder of {facts['artifact']} is not in use")
         return
+    # Have the mount open the area first: after a crash its first open publishes the drafts
+    # the crash cut short (flagged), which this command must show.
+    mounted_facts(str(folder / STAGING_NAME))
     area = staging.Staging(facts["registry"], entity, project, name)
     try:
         changes = area.diff()
