@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
-from . import keys
+from . import keys, progress
 from .cache import BlobCache
 from .errors import (
     DuplicateEntry,
@@ -278,6 +278,7 @@ class Blobs:
 
         def put(pack: tuple[str, bytes, dict[str, PackLoc]]) -> dict[str, PackLoc]:
             self.store.put(keys.pack(entity, pack[0]), pack[1])
+            progress.add(len(pack[1]))
             return pack[2]
 
         with ThreadPoolExecutor(self.workers) as pool:
@@ -302,6 +303,7 @@ class Blobs:
         if small is not None:
             data, digest, st = small
             self.store.put_content(keys.blob(entity, digest), data)
+            progress.add(len(data))
             return digest, st
         digest, st = self.store.put_content_file(Path(file), lambda d: keys.blob(entity, d))
         blob = self.store.local_path(keys.blob(entity, digest))

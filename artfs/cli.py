@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import config, transfer
+from . import config, progress, transfer
 from .cache import LocalCache
 from .errors import ArtfsError, DestinationNotEmpty, SourceError
 from .manifest import Manifest
@@ -152,10 +152,12 @@ def cmd_put(args: argparse.Namespace) -> None:
     reg = _registry(args)
     reg.check_type(entity, project, name, args.type)
     run = reg.start_run(entity, project, "put")
-    result = reg.log_version(
-        entity, project, name, args.type, sources, aliases=aliases,
-        description=args.description, metadata=metadata, run=run,
-    )
+    total = sum(os.stat(s.file).st_size for s in sources)
+    with progress.bar(total, f"{entity}/{project}/{name}", quiet=args.quiet):
+        result = reg.log_version(
+            entity, project, name, args.type, sources, aliases=aliases,
+            description=args.description, metadata=metadata, run=run,
+        )
     reg.finish_run(run)
     state = "created" if result.created else "unchanged, same as"
     print(f"{state} {result.version.qualified} ({', '.join(result.version.aliases)})")
@@ -190,7 +192,7 @@ def cmd_get(args: argparse.Namespace) -> None:
     v = reg.version(_ref(args, args.name))
     manifest = reg.manifest(v)
     _check_destination(reg, v, manifest, Path(args.dest), args)
-    dest = transfer.download(reg, v, manifest.values(), Path(args.dest))
+    dest = transfer.download(reg, v, manifest.values(), Path(args.dest), quiet=args.quiet)
     print(f"{v.qualified} → {dest}")
 
 

@@ -10,10 +10,11 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from . import progress
 from .errors import FileChangedError, SourceError
 from .sqlite import SharedDB
 
@@ -46,8 +47,9 @@ def open_source(path: Path | str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def _hash_fd(fd: int, size: int) -> str:
-    """SHA-256 of the first `size` bytes via positional reads into one reused buffer."""
+def _hash_fd(fd: int, size: int, report: Callable[[int], None] | None = None) -> str:
+    """SHA-256 of the first `size` bytes via positional reads into one reused buffer;
+    `report` hears of each chunk read."""
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
@@ -58,6 +60,8 @@ def _hash_fd(fd: int, size: int) -> str:
             break
         h.update(view[:n])
         offset += n
+        if report is not None:
+            report(n)
     return h.hexdigest()
 
 
@@ -101,12 +105,13 @@ def copy_and_hash(
             digest = hashlib.sha256(data).hexdigest()
             if out >= 0:
                 os.write(out, data)
+                progress.add(len(data))
         elif out < 0:
             digest = _hash_fd(fd, size)
         else:
             copy = _COPIERS.submit(_kernel_copy, fd, out, size)
             try:
-                digest = _hash_fd(fd, size)
+                digest = _hash_fd(fd, size, progress.add)  # a copy: its bytes are progress
             finally:
                 copy.result()
         if out >= 0 and fsync:

@@ -13,18 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from . import refs
+from . import progress, refs
 from .blobs import Origin
 from .errors import IntegrityError, InvalidPath, ReferenceChanged
 from .hashing import SMALL_FILE, copy_and_hash, copy_file, stat_key
 from .manifest import Entry
 from .names import check_entry_path
 from .registry import Registry, Version
-
-#: Below this many bytes in total a progress bar would only flicker.
-PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 
 
 def safe_destination(root: Path, path: str) -> Path:
@@ -91,26 +86,16 @@ def destination_conflicts(registry: Registry, entries: Iterable[Entry], root: Pa
     return Conflicts(sorted(overwritten), sorted(foreign))
 
 
-def _progress(total: int, what: str) -> tqdm:
-    return tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        desc=what,
-        disable=None if total >= PROGRESS_MIN_BYTES else True,
-        leave=False,
-    )
-
-
 def download(
-    registry: Registry, version: Version, entries: Iterable[Entry], root: Path
+    registry: Registry, version: Version, entries: Iterable[Entry], root: Path, *,
+    quiet: bool = False,
 ) -> Path:
-    """Make `root` hold `entries` of `version`; returns `root`."""
+    """Make `root` hold `entries` of `version`; returns `root`. A progress bar shows on a
+    terminal unless `quiet`."""
     root.mkdir(parents=True, exist_ok=True)
     entries = list(entries)
     where = Destinations(root)
     targets = [(e, where.path(e.path)) for e in entries]
-    made: set[Path] = set()
     stats: dict[str, os.stat_result] = {}
     for _, dest in targets:
         try:
@@ -119,10 +104,19 @@ def download(
             pass
     known = registry.hashes.lookup((p, stat_key(st)) for p, st in stats.items())
     todo = [(e, d) for e, d in targets if not (e.digest and known.get(str(d)) == e.digest)]
-    written: list[tuple[str, os.stat_result, str]] = []
+    total = sum(e.size or 0 for e, _ in todo)
+    with progress.bar(total, version.qualified, quiet=quiet) as bar:
+        registry.prefetch_packed(version.entity, (e for e, _ in todo if not e.is_reference))
+        _fetch_all(registry, version, todo, where, stats, known, bar)
+    return root
 
-    bar = _progress(sum(e.size or 0 for e, _ in todo), f"{version.qualified}")
-    registry.prefetch_packed(version.entity, (e for e, _ in todo if not e.is_reference))
+
+def _fetch_all(registry: Registry, version: Version, todo: list[tuple[Entry, Path]],
+               where: Destinations, stats: dict[str, os.stat_result], known: dict[str, str],
+               bar: progress.Progress) -> None:
+    """Download `todo` (entries not yet in place), in parallel where the store gains by it."""
+    made: set[Path] = set()
+    written: list[tuple[str, os.stat_result, str]] = []
 
     def fetch(item: tuple[Entry, Path]) -> None:
         entry, dest = item
@@ -165,7 +159,7 @@ def download(
             tmp.unlink(missing_ok=True)
         if entry.digest is not None:
             written.append((str(dest), st, entry.digest))
-        bar.update(entry.size or 0)
+        bar.done(entry.size or 0)
 
     try:
         if len(todo) <= 1 or registry.workers == 1:
@@ -176,9 +170,7 @@ def download(
                 for _ in pool.map(fetch, todo):
                     pass
     finally:
-        bar.close()
         registry.hashes.record(written)
-    return root
 
 
 def _copy_verified(

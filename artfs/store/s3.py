@@ -26,8 +26,10 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 from s3transfer.exceptions import RetriesExceededError
+from s3transfer.subscribers import BaseSubscriber
 from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
+from .. import progress
 from ..errors import AccessDenied, IntegrityError, KeyNotFound, StoreError
 from .base import ObjectInfo, Store
 
@@ -100,6 +102,13 @@ def _sse_args_from_env() -> dict[str, str]:
     if key_id:
         args["SSEKMSKeyId"] = key_id
     return args
+
+
+class _ReportProgress(BaseSubscriber):
+    """Feeds the bytes of a multipart upload to the progress bar as its parts go out."""
+
+    def on_progress(self, future: object, bytes_transferred: int, **kwargs: Any) -> None:
+        progress.add(bytes_transferred)
 
 
 def _status(e: ClientError) -> int:
@@ -284,7 +293,8 @@ class S3Store(Store):
             extra["ChecksumAlgorithm"] = FILE_UPLOAD_CHECKSUM
         with self._translate("writing", key):
             try:
-                self._transfer.upload(str(path), self.bucket, self._key(key), extra).result()
+                self._transfer.upload(str(path), self.bucket, self._key(key), extra,
+                                      subscribers=[_ReportProgress()]).result()
             except FileNotFoundError as e:
                 raise StoreError(f"cannot upload {path}: file not found") from e
 
@@ -319,6 +329,7 @@ class S3Store(Store):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.pwrite(fd, first, 0)
+            progress.add(len(first))
 
             def fetch(offset: int) -> bytes:
                 n = min(part, total - offset)
@@ -326,6 +337,7 @@ class S3Store(Store):
                 if len(data) != n:
                     raise StoreError(f"{key!r} in registry {self.url} changed size while read")
                 os.pwrite(fd, data, offset)
+                progress.add(n)
                 return data
 
             offsets = iter(range(len(first), total, part))
