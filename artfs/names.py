@@ -95,6 +95,11 @@ def parse_ref(spec: str, *, entity: str, project: str) -> ArtifactRef:
     )
 
 
+#: The longest file or folder name (one path component) in bytes: NAME_MAX of Linux
+#: filesystems, so every version can be downloaded and mounted (statfs says so too).
+NAME_MAX = 255
+
+
 def check_entry_path(path: str) -> str:
     """Normalise an entry path inside an artifact; refuse anything that could escape a root."""
     if not isinstance(path, str) or not path:
@@ -108,4 +113,9 @@ def check_entry_path(path: str) -> str:
         raise InvalidPath(f"invalid entry path {path!r}: empty")
     if ".." in parts:
         raise InvalidPath(f"invalid entry path {path!r}: '..' is not allowed")
+    for part in parts:
+        size = len(part.encode("utf-8", "surrogateescape"))
+        if size > NAME_MAX:
+            raise InvalidPath(f"invalid entry path {path!r}: the name {part[:40]!r}… is {size} "
+                              f"bytes long; a file or folder name is at most {NAME_MAX} bytes")
     return "/".join(parts)

@@ -7,6 +7,7 @@ files are copied, never hard-linked: an edit in the user's folder must not reach
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from .blobs import Origin
 from .errors import IntegrityError, InvalidPath, ReferenceChanged
 from .hashing import SMALL_FILE, copy_and_hash, copy_file, stat_key
 from .manifest import Entry
-from .names import check_entry_path
+from .names import NAME_MAX, check_entry_path
 from .registry import Registry, Version
 
 
@@ -86,6 +87,16 @@ def destination_conflicts(registry: Registry, entries: Iterable[Entry], root: Pa
     return Conflicts(sorted(overwritten), sorted(foreign))
 
 
+def _partial(dest: Path) -> Path:
+    """Where `dest` is written before it is renamed into place: its own name, hidden and
+    suffixed, or a hash of it when that would pass NAME_MAX (a name of up to 255 bytes is
+    allowed in a version)."""
+    tmp = f".{dest.name}.artfs-partial"
+    if len(os.fsencode(tmp)) > NAME_MAX:
+        tmp = f".{hashlib.sha256(os.fsencode(dest.name)).hexdigest()[:32]}.artfs-partial"
+    return dest.with_name(tmp)
+
+
 def download(
     registry: Registry, version: Version, entries: Iterable[Entry], root: Path, *,
     quiet: bool = False,
@@ -129,7 +140,7 @@ def _fetch_all(registry: Registry, version: Version, todo: list[tuple[Entry, Pat
         if dest.parent not in made:
             where.make_parent(dest)
             made.add(dest.parent)
-        tmp = dest.with_name(f".{dest.name}.artfs-partial")
+        tmp = _partial(dest)
         try:
             if entry.is_reference:
                 refs.fetch(entry, tmp)

@@ -25,7 +25,7 @@ import trio
 
 from .. import config, staging
 from ..errors import ArtifactNotFound
-from ..names import check_name, parse_version
+from ..names import NAME_MAX, check_name, parse_version
 from ..registry import Registry
 from .inodes import VIEW_ROOT_ROW, InodeTable, Namespace, StagingArea, View
 from .reader import Handle, Reader, Unreadable
@@ -54,6 +54,16 @@ FILE_MODE = stat.S_IFREG | 0o644
 
 def _erofs() -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EROFS)
+
+
+def _component(name: bytes) -> str:
+    """A name from the kernel, which passes up to 1,024 bytes: longer than NAME_MAX (what
+    statfs reports) is ENAMETOOLONG, as on local filesystems, so no such name is ever stored."""
+    if len(name) > NAME_MAX:
+        log.info("ENAMETOOLONG: a name of %d bytes (at most %d): %r…", len(name), NAME_MAX,
+                 name[:40])
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+    return os.fsdecode(name)
 
 
 def _iso_ns(value: str) -> int:
@@ -213,7 +223,7 @@ class Operations(pyfuse3.Operations):
     # -- lookups and attributes --------------------------------------------------------------
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        attrs = await self._lookup(parent_inode, os.fsdecode(name))
+        attrs = await self._lookup(parent_inode, _component(name))
         self.inodes.remember(attrs.st_ino)
         return attrs
 
@@ -433,7 +443,7 @@ class Operations(pyfuse3.Operations):
         if staged is None:
             raise self._read_only(parent_inode)
         handle, attrs = await self._staging(
-            self.staged.create(*staged, os.fsdecode(name), mode, flags))
+            self.staged.create(*staged, _component(name), mode, flags))
         fh = next(self._fh)
         self._files[fh] = handle
         self.inodes.remember(attrs.st_ino)
@@ -510,7 +520,7 @@ class Operations(pyfuse3.Operations):
         s = pyfuse3.StatvfsData()
         s.f_bsize = BLKSIZE
         s.f_frsize = 4096
-        s.f_namemax = 255
+        s.f_namemax = NAME_MAX
         try:
             disk = os.statvfs(config.state_dir())
         except OSError:
@@ -533,15 +543,16 @@ class Operations(pyfuse3.Operations):
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        _component(name)
         raise self._not_storable(parent_inode, "device files, FIFOs and sockets")
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         staged = self._staged(parent_inode)
         if staged is not None:
-            attrs = await self._staging(self.staged.mkdir(*staged, os.fsdecode(name), mode))
+            attrs = await self._staging(self.staged.mkdir(*staged, _component(name), mode))
         else:
-            attrs = await self._mkdir_namespace(parent_inode, os.fsdecode(name))
+            attrs = await self._mkdir_namespace(parent_inode, _component(name))
         self.inodes.remember(attrs.st_ino)
         return attrs
 
@@ -569,14 +580,14 @@ class Operations(pyfuse3.Operations):
         staged = self._staged(parent_inode)
         if staged is None:
             raise self._read_only(parent_inode)
-        await self._staging(self.staged.unlink(*staged, os.fsdecode(name)))
+        await self._staging(self.staged.unlink(*staged, _component(name)))
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         staged = self._staged(parent_inode)
         if staged is None:
-            await self._rmdir_namespace(parent_inode, os.fsdecode(name))
+            await self._rmdir_namespace(parent_inode, _component(name))
             return
-        await self._staging(self.staged.rmdir(*staged, os.fsdecode(name)))
+        await self._staging(self.staged.rmdir(*staged, _component(name)))
 
     async def _rmdir_namespace(self, parent_inode: int, name: str) -> None:
         """Undo the `mkdir` of an entity, project or artifact never committed (empty, see
@@ -610,21 +621,24 @@ class Operations(pyfuse3.Operations):
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        _component(name)
         raise self._not_storable(parent_inode, "symbolic links")
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        old_name, new_name = _component(name_old), _component(name_new)
         old, new = self._staged(parent_inode_old), self._staged(parent_inode_new)
         if old is None and new is None:
             raise _erofs()
         if old is None or new is None or old[0] != new[0]:
             # Another artifact's staging folder, or a version: `mv` then copies and deletes.
             raise pyfuse3.FUSEError(errno.EXDEV)
-        await self._staging(self.staged.rename(old[0], old[1], os.fsdecode(name_old), new[1],
-                                 os.fsdecode(name_new), flags))
+        await self._staging(self.staged.rename(old[0], old[1], old_name, new[1], new_name,
+                                               flags))
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        _component(new_name)
         raise self._not_storable(new_parent_inode, "hard links")
 
     async def setxattr(self, inode: int, name: bytes, value: bytes,

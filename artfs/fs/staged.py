@@ -409,9 +409,9 @@ class StagedFS:
         """The `@staging` folder itself, without loading the area (a listing must not)."""
         st = self._areas.get(area.slot)
         node = st.staging.node(ROOT) if st else None
-        if node is None:
+        if node is None:  # not loaded: its times and link count are not known yet
             return self.make_attrs(self.inode(area, ROOT), stat.S_IFDIR | 0o755, 0,
-                                   time.time_ns(), STAGING_TTL_S, nlink=2)
+                                   time.time_ns(), 0.0, STAGING_TTL_S, nlink=2)
         return self.attrs(area, st, node)  # type: ignore[arg-type]
 
     def attrs(self, area: StagingArea, st: AreaState, node: Node) -> pyfuse3.EntryAttributes:
