@@ -350,6 +350,11 @@ class Blobs:
                                     if d not in packed))
         return [(d, f) for d, f in files if sizes[str(f)] > PACK_BLOB_MAX]
 
+    def remember_packs(self, entity: str, manifest: Manifest) -> None:
+        """Note where the manifest says its packed blobs live (packs are never rewritten)."""
+        self.packs.record(self.url, entity,
+                          ((e.digest, e.pack) for e in manifest.values() if e.pack and e.digest))
+
     def locate_packed(self, entity: str, manifest: Manifest) -> Manifest:
         """`manifest` with the pack location of every blob this machine knows to be packed.
 

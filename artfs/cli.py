@@ -73,7 +73,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
     else:
         e, p, n = parts
         if reg.artifact_type(e, p, n) is None:
-            raise reg._not_found(ArtifactRef(e, p, n))
+            raise reg.not_found(ArtifactRef(e, p, n))
         by_version: dict[int, list[str]] = {}
         for alias, v in reg.aliases(e, p, n).items():
             by_version.setdefault(v, []).append(alias)

@@ -36,7 +36,7 @@ class Api:
         actual = self._registry.artifact_type(ref.entity, ref.project, ref.name)
         versions = self._registry.versions(ref.entity, ref.project, ref.name)
         if actual is None or not versions:
-            raise self._registry._not_found(ref)
+            raise self._registry.not_found(ref)
         if type is not None and actual != type:
             raise TypeMismatch(
                 f"artifact {ref.entity}/{ref.project}/{ref.name} has type {actual!r}, not {type!r}"

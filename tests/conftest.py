@@ -92,10 +92,10 @@ def log_files(registry_url: str, tmp_path: Path) -> Callable[..., sdk.Artifact]:
 @pytest.fixture
 def forbid_claim_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail at once if a log waits for another writer's digest claim to expire, instead of
-    asserting on a clock: the registry's only wait is the sleep between looks at a claim."""
+    asserting on a clock: the commit protocol's only wait is the sleep between looks at a claim."""
     import time
 
-    import artfs.registry
+    import artfs.commits
 
     class NoSleep:
         def __getattr__(self, name: str) -> object:
@@ -105,4 +105,4 @@ def forbid_claim_waits(monkeypatch: pytest.MonkeyPatch) -> None:
         def sleep(seconds: float) -> None:
             raise AssertionError(f"the log waited {seconds} s on a digest claim")
 
-    monkeypatch.setattr(artfs.registry, "time", NoSleep())
+    monkeypatch.setattr(artfs.commits, "time", NoSleep())

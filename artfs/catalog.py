@@ -1,0 +1,253 @@
+"""Artifacts, versions and aliases: listing and resolving them, moving aliases.
+
+Aliases move by compare-and-swap on the store's version token, so concurrent writers on many
+machines never lose a move, and `latest` only ever moves forward (commits.py takes numbers).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import keys
+from .errors import ArtifactNotFound, CorruptRecord, KeyNotFound, TypeMismatch
+from .manifest import Manifest, is_sha256
+from .names import LATEST, ArtifactRef, check_alias, check_name
+from .records import Version, check_metadata, decode, encode, now_iso
+from .store import Store
+from .store.base import TRANSFER_WORKERS
+
+
+class Catalog:
+    """The artifacts, versions and aliases of the registry in `store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.url = store.url
+
+    # -- listing ------------------------------------------------------------------------------
+    def entities(self) -> list[str]:
+        return self.store.list_dirs(keys.ENTITIES)
+
+    def projects(self, entity: str) -> list[str]:
+        return self.store.list_dirs(keys.projects(entity))
+
+    def artifacts(self, entity: str, project: str) -> list[str]:
+        return self.store.list_dirs(keys.artifacts(entity, project))
+
+    def artifact_type(self, entity: str, project: str, name: str) -> str | None:
+        key = keys.artifact(entity, project, name).record
+        try:
+            doc = decode(self.store.get(key), f"artifact record {key}")
+        except KeyNotFound:
+            return None
+        return str(doc.get("type"))
+
+    def versions(self, entity: str, project: str, name: str) -> list[int]:
+        art = keys.artifact(entity, project, name)
+        numbers = (art.version_number(key) for key in self.store.list(art.versions))
+        return sorted(n for n in numbers if n is not None)
+
+    def aliases(self, entity: str, project: str, name: str) -> dict[str, int]:
+        """alias → version number, for one artifact."""
+        art = keys.artifact(entity, project, name)
+        found = [k for k in self.store.list(art.aliases) if k.endswith(".json")]
+
+        def read(key: str) -> tuple[str, int] | None:
+            try:
+                doc = decode(self.store.get(key), f"alias record {key}")
+            except KeyNotFound:
+                return None
+            v = doc.get("version")
+            if not isinstance(v, int):
+                raise CorruptRecord(f"alias record {key} has no version number")
+            return art.alias_name(key), v
+
+        if len(found) <= 1:
+            pairs = [read(k) for k in found]
+        else:
+            with ThreadPoolExecutor(min(TRANSFER_WORKERS, len(found))) as pool:
+                pairs = list(pool.map(read, found))
+        return dict(p for p in pairs if p is not None)
+
+    # -- resolving ----------------------------------------------------------------------------
+    def not_found(self, ref: ArtifactRef) -> ArtifactNotFound:
+        e, p, n = ref.entity, ref.project, ref.name
+        if self.artifact_type(e, p, n) is None:
+            names = self.artifacts(e, p)
+            have = ", ".join(names[:20]) if names else "none"
+            return ArtifactNotFound(
+                f"artifact {e}/{p}/{n} not found in registry {self.url}; "
+                f"artifacts in {e}/{p}: {have}"
+            )
+        versions = ", ".join(f"v{v}" for v in self.versions(e, p, n)) or "none"
+        aliases = ", ".join(sorted(self.aliases(e, p, n))) or "none"
+        return ArtifactNotFound(
+            f"{ref.qualified} not found; versions: {versions}; aliases: {aliases}"
+        )
+
+    def resolve(self, ref: ArtifactRef) -> int:
+        """The version number `ref` names (following an alias)."""
+        if ref.version is not None:
+            return ref.version
+        key = keys.artifact(ref.entity, ref.project, ref.name).alias(ref.label)
+        try:
+            doc = decode(self.store.get(key), f"alias record {key}")
+        except KeyNotFound:
+            raise self.not_found(ref) from None
+        v = doc.get("version")
+        if not isinstance(v, int):
+            raise CorruptRecord(f"alias record {key} has no version number")
+        return v
+
+    def version(self, ref: ArtifactRef, *, with_aliases: bool = True) -> Version:
+        number = self.resolve(ref)
+        art = keys.artifact(ref.entity, ref.project, ref.name)
+        key = art.version(number)
+        try:
+            doc = decode(self.store.get(key), f"version record {key}")
+        except KeyNotFound:
+            raise self.not_found(ref) from None
+        try:
+            meta = decode(self.store.get(art.meta(number)), "version metadata")
+        except KeyNotFound:
+            meta = {}
+        try:
+            v = Version(
+                entity=ref.entity,
+                project=ref.project,
+                name=ref.name,
+                type=str(doc["type"]),
+                version=number,
+                digest=str(doc["digest"]),
+                size=int(doc["size"]),
+                file_count=int(doc["file_count"]),
+                created_at=str(doc["created_at"]),
+                logged_by=doc.get("logged_by"),
+                description=meta.get("description", doc.get("description")),
+                metadata=dict(meta.get("metadata", doc.get("metadata")) or {}),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptRecord(f"version record {key} is missing {e}") from e
+        if doc.get("version") != number or not is_sha256(v.digest):
+            raise CorruptRecord(f"version record {key} does not describe v{number}")
+        if with_aliases:
+            v.aliases = sorted(
+                a for a, n in self.aliases(ref.entity, ref.project, ref.name).items() if n == number
+            )
+        return v
+
+    def manifest(self, version: Version) -> Manifest:
+        key = keys.manifest(version.entity, version.digest)
+        try:
+            data = self.store.get(key)
+        except KeyNotFound:
+            raise CorruptRecord(
+                f"manifest of {version.qualified} ({version.digest}) is missing from {self.url}"
+            ) from None
+        return Manifest.from_bytes(data, expect_digest=version.digest)
+
+    def has_digest(self, entity: str, project: str, name: str, digest: str) -> bool:
+        """Whether a manifest digest already is a version of the artifact."""
+        key = keys.artifact(entity, project, name).digest(digest)
+        try:
+            doc = decode(self.store.get(key), f"digest record {key}")
+        except KeyNotFound:
+            return False
+        return isinstance(doc.get("version"), int)
+
+    def find_version_with_digest(self, art: keys.ArtifactKeys, digest: str) -> int | None:
+        for key in self.store.list(art.versions):
+            doc = decode(self.store.get(key), f"version record {key}")
+            if doc.get("digest") == digest:
+                return int(doc["version"])
+        return None
+
+    # -- artifacts and aliases ----------------------------------------------------------------
+    def ensure_artifact(self, entity: str, project: str, name: str, type_: str) -> None:
+        """Create the artifact with `type_`, or check that it already has that type."""
+        check_name(entity, "entity")
+        check_name(project, "project")
+        check_name(name)
+        check_name(type_, "artifact type")
+        key = keys.artifact(entity, project, name).record
+        self.store.put_if_absent(key, encode({"type": type_, "created_at": now_iso()}))
+        existing = self.artifact_type(entity, project, name)
+        if existing != type_:
+            raise TypeMismatch(
+                f"artifact {entity}/{project}/{name} has type {existing!r}; "
+                f"cannot log it with type {type_!r}"
+            )
+
+    def check_type(self, entity: str, project: str, name: str, type_: str) -> None:
+        """Fail before any upload when `name` already exists with another type."""
+        existing = self.artifact_type(entity, project, name)
+        if existing is not None and existing != type_:
+            raise TypeMismatch(
+                f"artifact {entity}/{project}/{name} has type {existing!r}; "
+                f"cannot log it with type {type_!r}"
+            )
+
+    def move_aliases(
+        self, art: keys.ArtifactKeys, number: int, aliases: list[str], *, latest_if_newer: bool
+    ) -> None:
+        for alias in dict.fromkeys(aliases):
+            monotonic = alias == LATEST and latest_if_newer
+            self._cas_alias(art.alias(alias), number, monotonic)
+
+    def _cas_alias(self, key: str, number: int, monotonic: bool) -> None:
+        """Point an alias at `number`; `latest` only ever moves forward under concurrency."""
+        body = encode({"version": number, "at": now_iso()})
+        while True:
+            try:
+                data, token = self.store.get_with_token(key)
+            except KeyNotFound:
+                if self.store.put_if_absent(key, body):
+                    return
+                continue
+            current = decode(data, f"alias record {key}").get("version")
+            if current == number or (monotonic and isinstance(current, int) and current > number):
+                return
+            if self.store.put_if_match(key, body, token):
+                return
+
+    def set_alias(self, ref: ArtifactRef, alias: str) -> Version:
+        """Point `alias` at the version `ref` names."""
+        check_alias(alias)
+        target = self.version(ref, with_aliases=False)
+        art = keys.artifact(ref.entity, ref.project, ref.name)
+        self._cas_alias(art.alias(alias), target.version, monotonic=False)
+        return self.version(ArtifactRef(ref.entity, ref.project, ref.name, target.label))
+
+    def remove_alias(self, ref: ArtifactRef, alias: str) -> None:
+        self.store.delete(keys.artifact(ref.entity, ref.project, ref.name).alias(alias))
+
+    def update_version(
+        self,
+        version: Version,
+        *,
+        description: str | None,
+        metadata: dict[str, Any],
+        aliases: list[str],
+    ) -> Version:
+        """Save the editable parts of a version: description, metadata and its aliases.
+
+        Only the aliases added to or removed from `version.aliases` (as loaded) are written, so
+        saving a stale handle never drags `latest` back from a newer version.
+        """
+        aliases = [check_alias(a) for a in aliases]
+        art = keys.artifact(version.entity, version.project, version.name)
+        meta_json = check_metadata(version.qualified, description, metadata)
+        self.store.put(art.meta(version.version), meta_json)
+        for alias in set(version.aliases) - set(aliases):
+            key = art.alias(alias)
+            try:
+                if decode(self.store.get(key), f"alias record {key}").get("version") == \
+                        version.version:
+                    self.store.delete(key)
+            except KeyNotFound:
+                pass
+        added = [a for a in aliases if a not in version.aliases]
+        self.move_aliases(art, version.version, added, latest_if_newer=False)
+        return self.version(ArtifactRef(version.entity, version.project, version.name,
+                                        version.label))

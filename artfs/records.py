@@ -1,0 +1,115 @@
+"""The records a registry keeps (versions, runs) and their canonical JSON."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import CorruptRecord, InvalidMetadata
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def encode(obj: Any) -> bytes:
+    """Canonical JSON (sorted keys, no spaces): equal records are equal bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON object, or CorruptRecord naming `what` (e.g. "alias record <key>")."""
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise CorruptRecord(f"{what} is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise CorruptRecord(f"{what} is not a JSON object")
+    return doc
+
+
+@dataclass
+class Version:
+    """One committed version, with its mutable description/metadata folded in."""
+
+    entity: str
+    project: str
+    name: str
+    type: str
+    version: int
+    digest: str
+    size: int
+    file_count: int
+    created_at: str
+    logged_by: str | None
+    description: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"v{self.version}"
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.entity}/{self.project}/{self.name}:v{self.version}"
+
+    def facts(self) -> dict[str, Any]:
+        """What `artfs info` and the mount's extended attributes publish about a version."""
+        return {
+            "type": self.type,
+            "digest": self.digest,
+            "size": self.size,
+            "file_count": self.file_count,
+            "created_at": self.created_at,
+            "description": self.description,
+            "metadata": self.metadata,
+            "aliases": self.aliases,
+            "logged_by": self.logged_by,
+        }
+
+
+@dataclass
+class RunRecord:
+    """One pipeline step and the versions it used and logged."""
+
+    entity: str
+    project: str
+    id: str
+    job_type: str
+    created_at: str
+    finished_at: str | None = None
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    #: A run's inputs (main thread) and outputs (background logs) change concurrently; appending
+    #: and saving under one lock keeps a later save from dropping an earlier append.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def toencode(self) -> dict[str, Any]:
+        return {
+            "entity": self.entity, "project": self.project, "id": self.id,
+            "job_type": self.job_type, "created_at": self.created_at,
+            "finished_at": self.finished_at, "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+        }
+
+
+@dataclass
+class CommitResult:
+    version: Version
+    created: bool
+
+
+def check_metadata(what: str, description: str | None, metadata: dict[str, Any] | None) -> bytes:
+    """The JSON of a description and metadata, or InvalidMetadata before anything is written."""
+    if description is not None and not isinstance(description, str):
+        raise InvalidMetadata(f"description of {what} must be a string, not {description!r}")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidMetadata(f"metadata of {what} must be a dict, not {type(metadata).__name__}")
+    try:
+        return encode({"description": description, "metadata": metadata or {}})
+    except (TypeError, ValueError) as e:
+        raise InvalidMetadata(f"metadata of {what} is not JSON-serialisable: {e}") from e
