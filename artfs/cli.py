@@ -13,8 +13,10 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from . import config, progress, transfer
 from .cache import LocalCache
@@ -153,11 +155,16 @@ def cmd_put(args: argparse.Namespace) -> None:
     reg.check_type(entity, project, name, args.type)
     run = reg.start_run(entity, project, "put")
     total = sum(os.stat(s.file).st_size for s in sources)
-    with progress.bar(total, f"{entity}/{project}/{name}", quiet=args.quiet):
-        result = reg.log_version(
-            entity, project, name, args.type, sources, aliases=aliases,
-            description=args.description, metadata=metadata, run=run,
-        )
+    try:
+        with (progress.bar(total, f"{entity}/{project}/{name}", quiet=args.quiet),
+              cancel_on_signal(reg.store.cancel_transfers)):
+            result = reg.log_version(
+                entity, project, name, args.type, sources, aliases=aliases,
+                description=args.description, metadata=metadata, run=run,
+            )
+    except BaseException:
+        reg.finish_run(run, failed=True)
+        raise
     reg.finish_run(run)
     state = "created" if result.created else "unchanged, same as"
     print(f"{state} {result.version.qualified} ({', '.join(result.version.aliases)})")
@@ -322,6 +329,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a command: it exits as if killed by that signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def cancel_on_signal(cancel: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM first `cancel` the transfers in flight, then interrupt the command.
+
+    Without it, the registry's thread pools finish every upload before the interrupt is seen,
+    and SIGTERM would end the process with an S3 multipart upload left open. A second signal
+    acts at once."""
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: object) -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        print("artfs: interrupted: stopping the transfers in flight", file=sys.stderr,
+              flush=True)
+        cancel()
+        raise Interrupted(signum)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        previous[s] = signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def _fail(message: str, code: int) -> int:
     """An expected failure ends in one line; ARTFS_DEBUG=1 adds the traceback."""
     if os.environ.get("ARTFS_DEBUG"):
@@ -342,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except Interrupted as e:
+        return _fail(f"interrupted ({e})", 128 + e.signum)
     except KeyboardInterrupt:
         return _fail("interrupted", 128 + signal.SIGINT)
     except ArtfsError as e:

@@ -29,9 +29,10 @@ class Lineage:
         self.save_run(run)
         return run
 
-    def finish_run(self, run: RunRecord) -> None:
+    def finish_run(self, run: RunRecord, *, failed: bool = False) -> None:
         with run.lock:
             run.finished_at = now_iso()
+            run.state = "failed" if failed else "finished"
             self._save_run(run)
 
     def save_run(self, run: RunRecord) -> None:

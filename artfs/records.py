@@ -82,6 +82,8 @@ class RunRecord:
     job_type: str
     created_at: str
     finished_at: str | None = None
+    #: "running", "finished" or "failed" (interrupted, or stopped by an error).
+    state: str = "running"
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     #: A run's inputs (main thread) and outputs (background logs) change concurrently; appending
@@ -92,7 +94,7 @@ class RunRecord:
         return {
             "entity": self.entity, "project": self.project, "id": self.id,
             "job_type": self.job_type, "created_at": self.created_at,
-            "finished_at": self.finished_at, "inputs": list(self.inputs),
+            "finished_at": self.finished_at, "state": self.state, "inputs": list(self.inputs),
             "outputs": list(self.outputs),
         }
 

@@ -179,8 +179,8 @@ class Registry:
     def start_run(self, entity: str, project: str, job_type: str) -> RunRecord:
         return self.lineage.start_run(entity, project, job_type)
 
-    def finish_run(self, run: RunRecord) -> None:
-        self.lineage.finish_run(run)
+    def finish_run(self, run: RunRecord, *, failed: bool = False) -> None:
+        self.lineage.finish_run(run, failed=failed)
 
     def save_run(self, run: RunRecord) -> None:
         self.lineage.save_run(run)

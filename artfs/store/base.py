@@ -158,6 +158,10 @@ class Store(ABC):
                 names.add(rest.split("/", 1)[0])
         return sorted(names)
 
+    def cancel_transfers(self) -> None:  # noqa: B027 - a no-op where nothing runs in the back
+        """Stop uploads and downloads in flight (the command is interrupted): a multipart
+        upload is aborted, never completed nor left behind. The store is closed afterwards."""
+
     def flush(self) -> None:  # noqa: B027 - a no-op is right for most stores
         """Make every earlier write durable (a no-op where each write already is)."""
 

@@ -382,6 +382,12 @@ class S3Store(Store):
         with self._translate("deleting", key):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def cancel_transfers(self) -> None:
+        # s3transfer aborts the multipart upload of every transfer it cancels. Its
+        # `shutdown(cancel=True)` passes its arguments on in the wrong order (0.19: the message
+        # becomes the exception type); leaving its context as after Ctrl-C cancels properly.
+        self._transfer.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+
     def close(self) -> None:
         self._transfer.shutdown()
         self._client.close()
