@@ -34,7 +34,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -826,6 +826,7 @@ def commit(
     description: str | None = None,
     metadata: dict[str, Any] | None = None,
     force: bool = False,
+    before_commit: Callable[[], None] | None = None,
 ) -> Committed:
     """Turn the area's published files, as one `snapshot` saw them, into one new version (or
     none when nothing changed), then rebase it. Writers may go on meanwhile: what they publish
@@ -885,9 +886,13 @@ def commit(
     finally:
         shutil.rmtree(links, ignore_errors=True)
     run = registry.start_run(e, p, "commit")
-    result: CommitResult = registry.log_version(
-        e, p, n, kind, sources, references, aliases=aliases, description=description,
-        metadata=metadata, run=run)
+    try:  # `before_commit` may cancel: the last moment at which nothing is committed yet
+        result: CommitResult = registry.log_version(
+            e, p, n, kind, sources, references, aliases=aliases, description=description,
+            metadata=metadata, run=run, before_commit=before_commit)
+    except BaseException:
+        registry.finish_run(run, failed=True)
+        raise
     registry.finish_run(run)
     area.rebase(snap, result.version, registry.manifest(result.version))
     v = result.version
