@@ -42,7 +42,7 @@ import pyfuse3
 import trio
 
 from .. import staging
-from ..errors import ArtfsError
+from ..errors import ArtfsError, Cancelled
 from ..hashing import _kernel_copy
 from ..names import LATEST
 from ..registry import Registry
@@ -291,6 +291,8 @@ class StagedFS:
         self._loading = TTLCache(0.0)
         self.owner = self._claim_staging()
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        #: Ids of commit requests whose CLI was interrupted (`artfs commit` then Ctrl-C).
+        self._cancelled: set[str] = set()
         self._checkpointing = False
         #: Areas of new artifacts removed by `rmdir`: ENOENT, not re-created, until a `mkdir`.
         self._removed: set[int] = set()
@@ -843,21 +845,25 @@ class StagedFS:
         """Run a command sent by the CLI (commit, discard, empty); the reply is kept for
         `result(id)`. Errors are replies too, so the CLI can print the message."""
         try:
-            if self.owner is not None:
+            op = request.get("op")
+            if op == "cancel":  # answered at once: the commit it names is still running
+                self._cancelled.add(str(request.get("target")))
+                reply = {"ok": True, "message": "cancel requested"}
+            elif self.owner is not None:
                 raise ArtfsError(f"staging of {area.what} is served by mount pid {self.owner} "
                                  "on this machine; run the command on a path of that mount")
-            op = request.get("op")
-            if op == "commit":
+            elif op == "commit":
                 reply = await self._commit(area, request)
             elif op in ("discard", "empty"):
                 reply = await self._discard(area, empty=op == "empty")
             else:
                 raise ArtfsError(f"unknown staging command {op!r}")
         except ArtfsError as e:
-            reply = {"ok": False, "error": str(e)}
+            reply = {"ok": False, "error": str(e), "cancelled": isinstance(e, Cancelled)}
         except Exception as e:  # noqa: BLE001 - the mount stays up; the CLI shows the cause
             log.exception("staging command %s on %s failed", request.get("op"), area.what)
             reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        self._cancelled.discard(str(request.get("id")))
         self._results[str(request.get("id"))] = reply
         while len(self._results) > KEPT_REPLIES:
             self._results.popitem(last=False)
@@ -938,9 +944,16 @@ class StagedFS:
             return staging.commit(
                 self.registry, own, aliases=request.get("aliases") or (),
                 type_=request.get("type"), description=request.get("description"),
-                metadata=request.get("metadata"), force=bool(request.get("force")))
+                metadata=request.get("metadata"), force=bool(request.get("force")),
+                before_commit=partial(self._unless_cancelled, str(request.get("id")), area))
         finally:
             own.close()
+
+    def _unless_cancelled(self, request_id: str, area: StagingArea) -> None:
+        """Called just before the version is written: the last moment a commit can stop."""
+        if request_id in self._cancelled:
+            raise Cancelled(f"commit of {area.what} cancelled: nothing was committed and its "
+                            "staging folder is unchanged")
 
     async def _discard(self, area: StagingArea, *, empty: bool) -> dict[str, Any]:
         """Replace the whole tree: only with no file open for writing, and changes wait."""
