@@ -13,14 +13,13 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from . import config, progress, transfer
 from .cache import LocalCache
-from .errors import ArtfsError, DestinationNotEmpty, SourceError
+from .errors import ArtfsError, Cancelled, DestinationNotEmpty, SourceError
+from .interrupts import Interrupted, cancel_on_signal
 from .manifest import Manifest
 from .names import ArtifactRef, check_alias, check_name, parse_ref
 from .registry import Registry, Source, Version, check_metadata, check_unique, init_registry
@@ -157,7 +156,7 @@ def cmd_put(args: argparse.Namespace) -> None:
     total = sum(os.stat(s.file).st_size for s in sources)
     try:
         with (progress.bar(total, f"{entity}/{project}/{name}", quiet=args.quiet),
-              cancel_on_signal(reg.store.cancel_transfers)):
+              cancel_on_signal(reg.store.cancel_transfers, "stopping the transfers in flight")):
             result = reg.log_version(
                 entity, project, name, args.type, sources, aliases=aliases,
                 description=args.description, metadata=metadata, run=run,
@@ -329,40 +328,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM during a command: it exits as if killed by that signal."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextmanager
-def cancel_on_signal(cancel: Callable[[], None]) -> Iterator[None]:
-    """Ctrl-C and SIGTERM first `cancel` the transfers in flight, then interrupt the command.
-
-    Without it, the registry's thread pools finish every upload before the interrupt is seen,
-    and SIGTERM would end the process with an S3 multipart upload left open. A second signal
-    acts at once."""
-    previous: dict[int, Any] = {}
-
-    def handler(signum: int, frame: object) -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        print("artfs: interrupted: stopping the transfers in flight", file=sys.stderr,
-              flush=True)
-        cancel()
-        raise Interrupted(signum)
-
-    for s in (signal.SIGINT, signal.SIGTERM):
-        previous[s] = signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def _fail(message: str, code: int) -> int:
     """An expected failure ends in one line; ARTFS_DEBUG=1 adds the traceback."""
     if os.environ.get("ARTFS_DEBUG"):
@@ -387,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"interrupted ({e})", 128 + e.signum)
     except KeyboardInterrupt:
         return _fail("interrupted", 128 + signal.SIGINT)
+    except Cancelled as e:
+        return _fail(str(e), 128 + signal.SIGINT)
     except ArtfsError as e:
         return _fail(f"error: {e}", 1)
     except json.JSONDecodeError as e:

@@ -43,6 +43,10 @@ class DestinationNotEmpty(ArtfsError):
     """A download into a folder whose other files it would overwrite or mix with."""
 
 
+class Cancelled(ArtfsError):
+    """A command stopped on the user's request (Ctrl-C) before it changed anything."""
+
+
 class IntegrityError(ArtfsError):
     """Bytes that do not match the digest recorded for them."""
 

@@ -4,6 +4,7 @@ and the run record says the step failed."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,5 +74,73 @@ def test_a_finished_put_closes_its_run_as_finished(registry_url: str, tmp_path: 
     try:
         (run,) = list(reg.runs(ENTITY, PROJECT))
         assert run.state == "finished" and run.finished_at and run.outputs
+    finally:
+        reg.close()
+
+
+@pytest.fixture
+def remote_mount(make_store_url: Callable[[str], str], request: pytest.FixtureRequest,
+                 monkeypatch: pytest.MonkeyPatch, mount, commit_tree, tmp_path: Path):
+    """A mount of an S3 registry holding ds:v0, reached through a fault proxy, with a 1 MiB
+    file (stored as a blob of its own, not packed) staged."""
+    url = make_store_url("s3")
+    init_registry(url)
+    monkeypatch.setenv("ARTFS_REGISTRY", url)
+    commit_tree("ds", {"a.txt": b"alpha"})
+    server = request.getfixturevalue("s3_server")
+    proxy = FaultProxy(server.endpoint, rate=0.0, seed=1).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    try:
+        m = mount()
+        (m.artifact("ds") / "@staging" / "big.bin").write_bytes(os.urandom(1024 * 1024))
+        yield m, proxy, url
+    finally:
+        proxy.release()
+        proxy.stop()
+
+
+def interrupted_commit(m, proxy: FaultProxy, hold: Callable) -> tuple[int, str, str]:
+    proxy.inject("hold", hold)
+    commit = subprocess.Popen([sys.executable, "-m", "artfs.cli", "commit",
+                               str(m.artifact("ds"))], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert proxy.stalled.wait(120), "the commit never reached the held request"
+        commit.send_signal(signal.SIGINT)
+        assert "cancelling the commit" in commit.stderr.readline()
+    finally:
+        proxy.release()
+        out, err = commit.communicate(timeout=120)
+    return commit.returncode, out, err
+
+
+def test_ctrl_c_cancels_a_commit_before_its_point_of_no_return(remote_mount, run_artfs) -> None:
+    m, proxy, url = remote_mount
+    before = run_artfs("diff", str(m.artifact("ds"))).stdout
+    code, out, err = interrupted_commit(
+        m, proxy, lambda r: r.method == "PUT" and "/blobs/" in r.path)
+    assert code == 130 and "Traceback" not in err
+    assert "commit of tester/uncategorized/ds cancelled: nothing was committed" in err
+    reg = Registry(url)
+    try:
+        assert reg.versions(ENTITY, PROJECT, "ds") == [0]
+        commits = [r for r in reg.runs(ENTITY, PROJECT) if r.job_type == "commit"]
+        assert [(r.state, bool(r.finished_at)) for r in commits] == [("failed", True)]
+    finally:
+        reg.close()
+    assert run_artfs("diff", str(m.artifact("ds"))).stdout == before  # staging unchanged
+    assert "A big.bin" in before
+    assert "ds:v1" in run_artfs("commit", str(m.artifact("ds"))).stdout  # and it still works
+
+
+def test_ctrl_c_after_the_point_of_no_return_says_it_committed(remote_mount) -> None:
+    m, proxy, url = remote_mount
+    code, out, err = interrupted_commit(
+        m, proxy, lambda r: r.method == "PUT" and "/versions/v1.json" in r.path)
+    assert code == 0 and "Traceback" not in err
+    assert re.search(r"committed tester/uncategorized/ds:v1 .*\(too late to cancel\)", out), out
+    reg = Registry(url)
+    try:
+        assert reg.versions(ENTITY, PROJECT, "ds") == [0, 1]
     finally:
         reg.close()

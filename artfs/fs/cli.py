@@ -13,12 +13,14 @@ import argparse
 import errno
 import json
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 from .. import config, staging
-from ..errors import ArtfsError
+from ..errors import ArtfsError, Cancelled
+from ..interrupts import Interrupted, cancel_on_signal
 from .ops import CONTROL_XATTR, RESULT_XATTR, XATTR_PREFIX
 from .tree import STAGING_NAME
 
@@ -186,9 +188,10 @@ def staged_artifact(path: str) -> tuple[Path, dict[str, Any]]:
     return folder, facts
 
 
-def send(folder: Path, request: dict[str, Any]) -> dict[str, Any]:
+def send(folder: Path, request: dict[str, Any], *, keep_id: bool = False) -> dict[str, Any]:
     """Have the mount run a staging command; its reply, or ArtfsError with its message."""
-    request["id"] = uuid.uuid4().hex
+    if not keep_id:
+        request["id"] = uuid.uuid4().hex
     try:
         os.setxattr(folder, CONTROL_XATTR, json.dumps(request).encode())
         reply = json.loads(os.getxattr(folder, RESULT_XATTR + request["id"]))
@@ -199,17 +202,58 @@ def send(folder: Path, request: dict[str, Any]) -> dict[str, Any]:
                 "are kept on local disk: mount again and check with `artfs diff`") from e
         raise ArtfsError(f"{request['op']} of {folder} failed: {e}") from e
     if not reply.get("ok"):
-        raise ArtfsError(reply.get("error") or "failed")
+        raise (Cancelled if reply.get("cancelled") else ArtfsError)(reply.get("error") or "failed")
     return reply
+
+
+def send_cancellable(folder: Path, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """`send`, but Ctrl-C or SIGTERM asks the mount to cancel the command: its reply (or
+    Cancelled), and whether the user interrupted it (then too late to cancel).
+
+    The request waits in a thread: the kernel holds this process in the xattr call until the
+    mount answers. The cancel goes to the @staging folder through a descriptor opened before,
+    because the call in flight locks the artifact folder."""
+    request["id"] = uuid.uuid4().hex
+    staging_fd = os.open(folder / STAGING_NAME, os.O_RDONLY | os.O_DIRECTORY)
+    answer: dict[str, Any] = {}
+    done = threading.Event()
+
+    def wait_for_reply() -> None:
+        try:
+            answer["reply"] = send(folder, request, keep_id=True)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            answer["error"] = e
+        finally:
+            done.set()
+
+    def cancel() -> None:
+        message = {"op": "cancel", "target": request["id"], "id": uuid.uuid4().hex}
+        os.setxattr(staging_fd, CONTROL_XATTR, json.dumps(message).encode())
+
+    threading.Thread(target=wait_for_reply, daemon=True).start()
+    interrupted = False
+    try:
+        with cancel_on_signal(cancel, f"cancelling the {request['op']}"):
+            try:
+                done.wait()
+            except Interrupted:
+                interrupted = True
+        done.wait()  # the mount answers at once, or at its point of no return
+    finally:
+        os.close(staging_fd)
+    if "error" in answer:
+        raise answer["error"]
+    return answer["reply"], interrupted
 
 
 def cmd_commit(args: argparse.Namespace) -> None:
     folder, _ = staged_artifact(args.path)
     metadata = json.loads(args.metadata) if args.metadata else None
-    reply = send(folder, {"op": "commit", "aliases": args.alias, "type": args.type,
-                          "description": args.description, "metadata": metadata,
-                          "wait": args.wait, "force": args.force})
-    print(reply["message"])
+    reply, interrupted = send_cancellable(
+        folder, {"op": "commit", "aliases": args.alias, "type": args.type,
+                 "description": args.description, "metadata": metadata, "wait": args.wait,
+                 "force": args.force})
+    print(reply["message"] + (" (too late to cancel)" if interrupted else ""))
 
 
 def cmd_diff(args: argparse.Namespace) -> None:
