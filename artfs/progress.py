@@ -19,8 +19,8 @@ from typing import TextIO
 from tqdm import tqdm
 
 #: A bar appears only for work that lasts longer than this (seconds): a quick command must not
-#: flicker.
-SHOW_AFTER_S = 0.5
+#: flicker, a slow one must not look stuck.
+SHOW_AFTER_S = 0.2
 #: Redraw at most this often (seconds): redrawing per 1 MiB chunk would cost more than it shows.
 REDRAW_S = 0.2
 

@@ -21,7 +21,7 @@ from artfs.registry import init_registry
 
 ARTFS = [sys.executable, "-m", "artfs.cli"]
 #: Big enough that moving it to and from the S3 test server takes well over the bar's delay.
-SIZE = 96 * 1024 * 1024
+SIZE = 192 * 1024 * 1024
 
 
 def on_terminal(argv: list[str]) -> tuple[int, str]:
@@ -52,10 +52,10 @@ def on_terminal(argv: list[str]) -> tuple[int, str]:
 
 
 def shows_a_byte_bar(screen: str) -> bool:
-    """A bar with sizes in bytes, a rate and a time left, e.g. `48.0M/96.0M [00:01<00:01,
-    40.2MB/s]`."""
+    """A bar with sizes in bytes, a rate and a time left, e.g. `120M/192M [00:00<00:00,
+    250MB/s]`."""
     size, rate = r"\d+(\.\d+)?[kMG]?", r"\d+(\.\d+)?[kMG]?B/s"
-    return bool(re.search(rf"{size}/96\.0M \[\d\d:\d\d<\d\d:\d\d, *{rate}\]", screen))
+    return bool(re.search(rf"{size}/192M \[\d\d:\d\d<\d\d:\d\d, *{rate}\]", screen))
 
 
 @pytest.fixture
