@@ -35,6 +35,34 @@ def staging_of(m: Mount, name: str) -> Path:
     return m.artifact(name) / "@staging"
 
 
+def _versions(registry_url: str, name: str) -> list[int]:
+    reg = Registry(registry_url)
+    try:
+        return reg.versions(ENTITY, PROJECT, name)
+    finally:
+        reg.close()
+
+
+def _state(registry_url: str, m: Mount, name: str) -> dict:
+    """Everything a refused command must leave as it was: versions, aliases, staged files."""
+    reg = Registry(registry_url)
+    try:
+        listing = {"versions": reg.versions(ENTITY, PROJECT, name),
+                   "aliases": reg.aliases(ENTITY, PROJECT, name)}
+    finally:
+        reg.close()
+    return {**listing, "staged": tree_of(staging_of(m, name))}
+
+
+def _wait_for_log(m: Mount, line: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the mount logs `line` (an event of the mount), while `proc` still runs."""
+    deadline = time.monotonic() + timeout
+    while line not in m.log_text():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no {line!r} in the mount log"
+        time.sleep(0.01)
+
+
 def sdk_files(name: str, version: str) -> dict[str, bytes]:
     art = sdk.Api().artifact(f"{ENTITY}/{PROJECT}/{name}:{version}")
     return tree_of(Path(art.download()))
@@ -167,22 +195,36 @@ def test_commit_refuses_files_open_for_writing_naming_them(registry_url, log_fil
                                                            mount) -> None:
     log_files("busy", FILES)
     m = mount()
-    with open(staging_of(m, "busy") / "half.bin", "wb") as f:
+    stage = staging_of(m, "busy")
+    (stage / "closed.bin").write_bytes(b"closed")
+    before = _state(registry_url, m, "busy")
+    with open(stage / "half.bin", "wb") as f:
         f.write(b"half")
-        r = artfs("commit", str(m.artifact("busy")), check=False)
+        f.flush()
+        r = artfs("commit", str(m.artifact("busy")), "--alias", "best", check=False)
         assert r.returncode == 1 and "half.bin" in r.stderr and "--wait" in r.stderr
+        assert _state(registry_url, m, "busy") == {**before, "staged": {
+            **before["staged"], "half.bin": b"half"}}  # no version, no alias, nothing lost
     assert "committed" in artfs("commit", str(m.artifact("busy"))).stdout
 
 
 @local_only
 def test_commit_waits_for_writers_with_wait(registry_url, log_files, mount) -> None:
+    """The commit waits for the file open when it started, and takes its final bytes."""
     log_files("wait", FILES)
     m = mount()
-    f = open(staging_of(m, "wait") / "late.bin", "wb")  # noqa: SIM115 - closed by a timer
-    f.write(b"late")
-    threading.Timer(1.0, f.close).start()
-    artfs("commit", str(m.artifact("wait")), "--wait", "20")
-    assert (m.artifact("wait") / "v1" / "late.bin").read_bytes() == b"late"
+    with open(staging_of(m, "wait") / "late.bin", "wb") as f:
+        f.write(b"first half, ")
+        f.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "artfs.cli", "commit",
+                                 str(m.artifact("wait")), "--wait", "60"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for_log(m, "waiting up to 60.0 s for 1 file(s) open for writing: late.bin", proc)
+        assert proc.poll() is None and _versions(registry_url, "wait") == [0]
+        f.write(b"second half")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert (m.artifact("wait") / "v1" / "late.bin").read_bytes() == b"first half, second half"
 
 
 @local_only
@@ -221,8 +263,10 @@ def test_mkdir_creates_a_new_artifact_that_needs_a_type(registry, mount) -> None
     new = m.root / "acme" / "bikes" / "bike-model"
     new.mkdir(parents=True)
     (new / "@staging" / "model.h5").write_bytes(b"m")
-    r = artfs("commit", str(new), check=False)
+    r = artfs("commit", str(new), "--alias", "best-ap50", check=False)
     assert r.returncode == 1 and "--type" in r.stderr
+    assert registry.artifacts("acme", "bikes") == []  # refused: nothing in the registry
+    assert tree_of(new / "@staging") == {"model.h5": b"m"}
     artfs("commit", str(new), "--type", "model", "--alias", "best-ap50")
     assert (new / "best-ap50" / "model.h5").read_bytes() == b"m"
     assert registry.version(ArtifactRef("acme", "bikes", "bike-model", "v0")).type == "model"
@@ -233,50 +277,84 @@ def test_symlinks_are_refused_and_versions_stay_read_only(registry_url, log_file
                                                           mount) -> None:
     log_files("ro", FILES)
     m = mount()
-    with pytest.raises(OSError) as info:
-        os.symlink("model.h5", staging_of(m, "ro") / "link")
-    assert info.value.errno == errno.EPERM
-    with pytest.raises(OSError) as info:
-        (m.artifact("ro") / "v0" / "new").write_bytes(b"x")
-    assert info.value.errno == errno.EROFS
+    stage = staging_of(m, "ro")
+    (stage / "staged.txt").write_bytes(b"staged")
+    before, changes = _state(registry_url, m, "ro"), artfs("diff", str(stage)).stdout
+    for fn, args, code in [(os.symlink, ("model.h5", stage / "link"), errno.EPERM),
+                           (os.link, (stage / "model.h5", stage / "hard"), errno.EPERM),
+                           (os.mkfifo, (stage / "fifo",), errno.EPERM),
+                           (os.rmdir, (stage / "images",), errno.ENOTEMPTY),
+                           (os.rename, (stage / "images", stage / "images" / "in"),
+                            errno.EINVAL),
+                           (os.open, (m.artifact("ro") / "v0" / "new", os.O_CREAT), errno.EROFS),
+                           (os.unlink, (m.artifact("ro") / "v0" / "model.h5",), errno.EROFS)]:
+        with pytest.raises(OSError) as info:
+            fn(*args)
+        assert info.value.errno == code, (fn, args)
+    assert _state(registry_url, m, "ro") == before  # nothing changed anywhere
+    assert artfs("diff", str(stage)).stdout == changes
+    assert tree_of(m.artifact("ro") / "v0") == FILES
 
 
+#: Kills of the mount during a commit, each at a random point of it.
+KILLS = 20
+
+
+@pytest.mark.slow
 @local_only
-def test_kill_9_during_commit_leaves_staged_files_and_no_half_version(
+def test_kill_9_at_random_points_of_commits_leaves_a_whole_version_or_none(
         registry_url, log_files, mount, tmp_path: Path) -> None:
+    """Each round stages one more file (written backwards, so the commit hashes it), starts a
+    commit and kills the mount at a random delay after it began: either no new version and
+    the command says the mount ended, or a new version holding exactly the staged files; in
+    both cases the next mount shows every staged byte."""
     log_files("crash", FILES)
-    m = mount()
-    stage = staging_of(m, "crash")
-    data = os.urandom(256 * 1024 * 1024)
-    with open(stage / "big.bin", "wb") as f:  # written backwards: hashed by the commit
-        for off in range(len(data) - (1 << 20), -1, -(1 << 20)):
-            f.seek(off)
-            f.write(data[off:off + (1 << 20)])
-    proc = subprocess.Popen([sys.executable, "-m", "artfs.cli", "commit", str(stage)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while "committing the staging folder" not in m.log_text():
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.01)
-    time.sleep(0.1)  # into the commit: hashing and storing 256 MiB takes longer
-    os.kill(m.pid, signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
-    assert m.wait_gone()
-    m.force_unmount()
-    reg = Registry(registry_url)
-    versions = reg.versions(ENTITY, PROJECT, "crash")
-    if versions == [0, 1]:  # the commit won the race: the version is complete
-        v1 = reg.version(ArtifactRef(ENTITY, PROJECT, "crash", "v1"))
-        assert reg.blob_file(ENTITY, reg.manifest(v1)["big.bin"].digest).read_bytes() == data
-    else:
-        assert versions == [0] and "mount again" in err
-    reg.close()
-    m2 = mount(name="mnt2")
-    assert (staging_of(m2, "crash") / "big.bin").read_bytes() == data
+    rng = random.Random(9)
+    want = dict(FILES)
+    outcomes = []
+    for i in range(KILLS):
+        m = mount(name=f"mnt{i}")
+        stage = staging_of(m, "crash")
+        assert tree_of(stage) == want, i  # nothing lost by the kill before
+        data = rng.randbytes(rng.randint(1, 12) * 1024 * 1024)
+        with open(stage / f"round{i}.bin", "wb") as f:
+            for off in range(len(data) - (1 << 20), -(1 << 20), -(1 << 20)):
+                f.seek(max(off, 0))
+                f.write(data[max(off, 0):off + (1 << 20)])
+        want[f"round{i}.bin"] = data
+        before = _versions(registry_url, "crash")
+        proc = subprocess.Popen([sys.executable, "-m", "artfs.cli", "commit", str(stage)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for_log(m, "committing the staging folder", proc)
+        time.sleep(rng.uniform(0, 0.4))  # the kill's point in the commit, not a wait for it
+        os.kill(m.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+        assert m.wait_gone()
+        m.force_unmount()
+        after = _versions(registry_url, "crash")
+        if after == before:
+            assert "mount again" in err, (i, out, err)
+            outcomes.append("none")
+            continue
+        assert after == [*before, before[-1] + 1], i
+        reg = Registry(registry_url)
+        try:
+            v = reg.version(ArtifactRef(ENTITY, PROJECT, "crash", f"v{after[-1]}"))
+            got = {p: reg.blob_file(ENTITY, e.digest).read_bytes()
+                   for p, e in reg.manifest(v).items()}
+        finally:
+            reg.close()
+        assert got == want, i  # whole: every staged file, every byte
+        outcomes.append("version")
+    m = mount(name="last")
+    assert tree_of(staging_of(m, "crash")) == want
+    artfs("commit", str(m.artifact("crash")))
+    assert sdk_files("crash", "latest") == want
+    assert len(outcomes) == KILLS
 
 
 @local_only
-def test_two_mounts_committing_at_once_make_two_versions(
+def test_two_mounts_committing_one_artifact_each_make_their_own_version(
         registry_url, log_files, mount, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     log_files("race", FILES)
@@ -297,6 +375,9 @@ def test_two_mounts_committing_at_once_make_two_versions(
         t.join()
     assert sorted(r.split()[1] for r in results) == ["tester/uncategorized/race:v1",
                                                      "tester/uncategorized/race:v2"]
+    got = sorted(tuple(sorted(sdk_files("race", v))) for v in ("v1", "v2"))
+    assert got == [(*sorted(FILES), "one.txt"), (*sorted(FILES), "two.txt")]  # none merged
+    assert sdk_files("race", "latest") == sdk_files("race", "v2")
 
 
 def test_sdk_commits_a_folder_without_a_mount(registry_url, tmp_path: Path) -> None:
@@ -339,8 +420,9 @@ def test_files_written_in_order_are_hashed_while_written(registry_url, log_files
     with open(stage / "model.h5", "r+b") as f:  # copied up, then written out of order
         f.seek(10)
         f.write(b"patched")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as info:
         os.getxattr(stage / "model.h5", "user.artfs.digest")
+    assert info.value.errno == errno.ENODATA
 
 
 @local_only
@@ -401,8 +483,9 @@ def test_staged_bytes_survive_kill_9_of_the_mount(registry_url, log_files, mount
     open_file.flush()
     want = {**tree_of(stage)}
     os.kill(m.pid, signal.SIGKILL)  # at once: before any WAL checkpoint
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as info:
         open_file.close()
+    assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     assert m.wait_gone()
     m.force_unmount()
     m2 = mount(name="mnt2")
@@ -499,11 +582,15 @@ def test_random_operations_match_a_shadow_copy_property(registry_url, log_files,
         for path, data in got.items():
             try:
                 digest = os.getxattr(stage / path, "user.artfs.digest").decode()
-            except OSError:
+            except OSError as e:
+                assert e.errno == errno.ENODATA, (path, e)
                 continue  # not known until a commit hashes it
             assert digest == hashlib.sha256(data).hexdigest(), (path, ops)
+            checked.append(path)
 
+    checked: list[str] = []
     check()
+    assert len(checked) > 20  # recorded digests were compared, not only skipped
 
 
 @local_only

@@ -888,6 +888,10 @@ class StagedFS:
         commit takes what they last published, so a stream of writers cannot starve it."""
         deadline = time.monotonic() + max(wait, RELEASE_GRACE_S)
         waiting = self._unfinished(st)
+        if waiting:
+            log.info("staging of %s: waiting up to %.1f s for %d file(s) open for writing: %s",
+                     area.what, max(wait, RELEASE_GRACE_S), len(waiting),
+                     self._named(st, waiting))
         while waiting := [(h, b) for h, b in waiting
                           if h in st.writing and h.bytes is b and b.state in (OPEN, FINISHING)]:
             if time.monotonic() >= deadline:
