@@ -228,7 +228,7 @@ def test_a_corrupted_large_object_is_eio_for_that_file_only(
         os.close(fd)
     assert not cached_blob(digest).exists()
     log = m.log_text()
-    assert "EIO: " in log and "corrupt:v0" in log and "bad.bin" in log
+    assert "EIO: " in log and "corrupt:v0" in log and "bad.bin" in log and digest in log
     # Only that file: the other large file of the registry reads whole, and the mount is up.
     other = m.artifact("big") / "v0" / "big2.bin"
     assert subprocess.run(["cat", other], capture_output=True, check=True).stdout == \
@@ -277,3 +277,28 @@ def test_a_stalled_part_holds_only_its_reader(
     assert reader.returncode == 0, err.decode()
     assert out.decode().strip() == digest
     assert proxy.counts["stall"] == 1
+
+
+def test_a_large_object_missing_from_the_bucket_is_eio_for_that_file_only(
+        remote: Remote, proxy: FaultProxy, mount: Callable[..., Mount]) -> None:
+    data = os.urandom(BIG)
+    commit_files(remote.url, "vanished", {"gone.bin": data})
+    digest = hashlib.sha256(data).hexdigest()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENDPOINT_VAR[remote.kind], remote.endpoint)
+        reg = Registry(remote.url)
+        reg.store.delete(Registry.blob_key(ENTITY, digest))
+        reg.close()
+    m = mount()
+    path = m.artifact("vanished") / "v0" / "gone.bin"
+    assert path.stat().st_size == BIG  # listing is metadata only
+    with pytest.raises(OSError) as e:
+        path.read_bytes()
+    assert e.value.errno == errno.EIO
+    assert blob_gets(proxy, digest), "the mount never asked the server for the blob"
+    log = m.log_text()
+    assert "EIO: " in log and "vanished:v0" in log and "gone.bin" in log and digest in log
+    other = m.artifact("big") / "v0" / "big2.bin"
+    assert subprocess.run(["cat", other], capture_output=True, check=True).stdout == \
+        remote.files["big2.bin"]
+    assert os.path.ismount(m.root)
