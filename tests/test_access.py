@@ -1,18 +1,15 @@
 """Access control is the bucket's: a read-only identity can download but not log.
 
-A moto server of its own (IAM enforcement is server-wide) is set up without authentication,
-then switched to enforce IAM for every request (`/moto-api/reset-auth` with 0). The reader's
-policy is the README's shape, scoped to one entity's prefix.
+The moto server that enforces IAM for every request (`iam_s3` in tests/servers.py) holds the
+registry, written by its admin identity. The reader's policy is the README's shape, scoped to
+one entity's prefix.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import pytest
 import sdk
 from artfs.errors import AccessDenied
 from artfs.registry import init_registry
-from tests.servers import S3_UNSET_ENV, boto3_pointed_at, s3_client_env, start_moto, stop_server
+from tests.servers import S3_UNSET_ENV, IamS3, identity_env
 
 ENTITY, PROJECT = "acme", "vision"
 BUCKET, PREFIX = "ml-registry", "prod"
@@ -51,42 +48,25 @@ class Enforcing:
 
 
 @pytest.fixture(scope="module")
-def enforcing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enforcing]:
+def enforcing(iam_s3: IamS3, tmp_path_factory: pytest.TempPathFactory) -> Enforcing:
     """A registry holding `acme/vision/data:v0`, on a moto server that enforces IAM."""
     work = tmp_path_factory.mktemp("iam")
-    proc, endpoint = start_moto(work / "moto.log")
-    try:
-        with boto3_pointed_at(endpoint), pytest.MonkeyPatch.context() as mp:
-            mp.setenv("ARTFS_ENTITY", ENTITY)
-            mp.setenv("ARTFS_CACHE_DIR", str(work / "writer-cache"))
-            mp.setenv("ARTFS_STATE_DIR", str(work / "writer-state"))
-            iam = boto3.session.Session().client("iam")
-            iam.create_user(UserName="reader")
-            iam.put_user_policy(UserName="reader", PolicyName="read-acme",
-                                PolicyDocument=json.dumps(read_only_policy(BUCKET, PREFIX,
-                                                                           ENTITY)))
-            key = iam.create_access_key(UserName="reader")["AccessKey"]
-            boto3.session.Session().client("s3").create_bucket(Bucket=BUCKET)
-            url = f"s3://{BUCKET}/{PREFIX}"
-            src = work / "src"
-            (src / "sub").mkdir(parents=True)
-            (src / "a.txt").write_text("alpha")
-            (src / "sub" / "b.txt").write_text("beta")
-            init_registry(url)
-            with sdk.init(job_type="setup", project=PROJECT, registry=url) as run:
-                art = sdk.Artifact("data", type="dataset")
-                art.add_dir(str(src))
-                run.log_artifact(art)
-        # From here on every request must carry credentials IAM allows.
-        urllib.request.urlopen(urllib.request.Request(
-            endpoint + "/moto-api/reset-auth", data=b"0", method="POST",
-            # Not form-encoded, or the server parses the body away as a form.
-            headers={"Content-Type": "text/plain"})).close()
-        reader_env = {**s3_client_env(endpoint), "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-                      "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
-        yield Enforcing(url, reader_env)
-    finally:
-        stop_server(proc)
+    url = f"s3://{BUCKET}/{PREFIX}"
+    iam_s3.client("s3").create_bucket(Bucket=BUCKET)
+    with identity_env(iam_s3.admin_env), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ARTFS_ENTITY", ENTITY)
+        mp.setenv("ARTFS_CACHE_DIR", str(work / "writer-cache"))
+        mp.setenv("ARTFS_STATE_DIR", str(work / "writer-state"))
+        src = work / "src"
+        (src / "sub").mkdir(parents=True)
+        (src / "a.txt").write_text("alpha")
+        (src / "sub" / "b.txt").write_text("beta")
+        init_registry(url)
+        with sdk.init(job_type="setup", project=PROJECT, registry=url) as run:
+            art = sdk.Artifact("data", type="dataset")
+            art.add_dir(str(src))
+            run.log_artifact(art)
+    return Enforcing(url, iam_s3.identity(read_only_policy(BUCKET, PREFIX, ENTITY)))
 
 
 @pytest.fixture
