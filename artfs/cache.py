@@ -220,22 +220,10 @@ class LocalCache:
     def __init__(self, root: Path | None = None, limit: int | None = None) -> None:
         self.root = root or config.cache_dir()
         self.blobs = BlobCache(self.root, config.cache_size() if limit is None else limit)
-
-    @property
-    def hashes_db(self) -> Path:
-        return self.root / "hashes.db"
-
-    @property
-    def packs_db(self) -> Path:
-        return self.root / "packs.db"
-
-    @property
-    def index_dir(self) -> Path:
-        return self.root / "fs-index"
-
-    @property
-    def work_root(self) -> Path:
-        return self.root / "fs-work"
+        self.hashes_db = self.root / "hashes.db"
+        self.packs_db = self.root / "packs.db"
+        self.index_dir = self.root / "fs-index"
+        self.work_root = self.root / "fs-work"
 
     def index_path(self, digest: str, fmt: int) -> Path:
         return self.index_dir / digest[:2] / f"{digest}.v{fmt}.db"

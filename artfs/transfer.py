@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import progress, refs
 from .blobs import Origin
-from .errors import IntegrityError, InvalidPath, ReferenceChanged
+from .errors import IntegrityError, InvalidPath
 from .hashing import SMALL_FILE, copy_and_hash, copy_file, stat_key
 from .manifest import Entry
 from .names import NAME_MAX, check_entry_path
@@ -143,16 +143,7 @@ def _fetch_all(registry: Registry, version: Version, todo: list[tuple[Entry, Pat
         tmp = _partial(dest)
         try:
             if entry.is_reference:
-                refs.fetch(entry, tmp)
-                if entry.digest is not None:
-                    digest, st = copy_and_hash(tmp, None)
-                    if digest != entry.digest:
-                        raise ReferenceChanged(
-                            f"reference {entry.ref} (entry {entry.path} of {version.qualified}) "
-                            f"changed: expected sha256 {entry.digest}, found {digest}"
-                        )
-                else:
-                    st = os.stat(tmp)
+                refs.fetch_verified(entry, tmp, f"entry {entry.path} of {version.qualified}")
             else:
                 assert entry.digest is not None
                 what = f"entry {entry.path} of {version.qualified}"

@@ -20,7 +20,7 @@ def test_a_mounts_version_index_is_counted_and_cleaned_by_artfs_cache(
     indexes = list((tmp_path / "cache" / "fs-index").glob("*/*.db"))
     assert len(indexes) == 1
     out = run_artfs("cache").stdout
-    assert "1 version indexes" in out, out
+    assert "1 version index," in out, out
     run_artfs("cache", "--clean")
     assert not indexes[0].exists()
     assert "0 version indexes" in run_artfs("cache").stdout

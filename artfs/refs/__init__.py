@@ -13,12 +13,13 @@ from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlparse
 
-from ..errors import UnsupportedScheme
+from ..errors import ReferenceChanged, UnsupportedScheme
+from ..hashing import copy_and_hash
 from ..manifest import Entry
 from .naming import entry_name, leaf_name
 
-__all__ = ["SCHEMES", "entry_name", "expand", "fetch", "leaf_name", "read_range",
-           "scheme_module"]
+__all__ = ["SCHEMES", "entry_name", "expand", "fetch", "fetch_verified", "leaf_name",
+           "read_range", "scheme_module"]
 
 #: URI scheme → module below artfs.refs that handles it.
 SCHEMES: dict[str, str] = {
@@ -58,6 +59,19 @@ def fetch(entry: Entry, dest: Path) -> None:
     """
     assert entry.ref is not None, f"entry {entry.path} is not a reference"
     scheme_module(entry.ref).fetch(entry, dest)
+
+
+def fetch_verified(entry: Entry, dest: Path, what: str) -> None:
+    """`fetch`, then the SHA-256 check it leaves to the caller when the entry records one.
+
+    `what` (e.g. "entry x of e/p/n:v1") goes into the ReferenceChanged message.
+    """
+    fetch(entry, dest)
+    if entry.digest is not None:
+        digest, _ = copy_and_hash(dest, None)
+        if digest != entry.digest:
+            raise ReferenceChanged(f"reference {entry.ref} ({what}) changed: expected sha256 "
+                                   f"{entry.digest}, found {digest}")
 
 
 def read_range(entry: Entry, offset: int, length: int) -> bytes:

@@ -30,7 +30,7 @@ from google.cloud.storage.exceptions import InvalidResponse
 from ..errors import AccessDenied, SourceError
 from ..manifest import Entry
 from ..names import check_entry_path
-from .naming import COUNT_PAST_LIMIT, entry_name, too_many
+from .naming import COUNT_PAST_LIMIT, entry_name, split_bucket_uri, too_many
 from .verify import CheckingWriter, StreamCheck, changed, check_range, expected_range, vanished
 
 #: Objects per list request; the JSON API's maximum. Tests lower it to exercise pagination.
@@ -67,12 +67,7 @@ def client() -> storage.Client:
 
 
 def parse(uri: str) -> tuple[str, str]:
-    """`gs://bucket/name` → (bucket, name). Not urlparse: names may hold `?`, `#` and `%`."""
-    rest = uri[len("gs://"):] if uri.startswith("gs://") else ""
-    bucket, _, name = rest.partition("/")
-    if not bucket:
-        raise SourceError(f"invalid GCS reference {uri!r}: expected gs://bucket/name")
-    return bucket, name
+    return split_bucket_uri(uri, "gs", "GCS", "name")
 
 
 def _add_error(uri: str, e: Exception) -> Exception:

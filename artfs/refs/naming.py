@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from ..errors import TooManyObjects
+from ..errors import SourceError, TooManyObjects
 
 #: After the limit is passed, listing goes on this many objects more only to tell the user how
 #: many matched: at most ~100 more list requests (a few seconds on S3), never an unbounded count.
 COUNT_PAST_LIMIT = 100_000
+
+
+def split_bucket_uri(uri: str, scheme: str, store: str, part: str) -> tuple[str, str]:
+    """`<scheme>://bucket/<part>` → (bucket, part). Not urlparse: object names may hold `?`,
+    `#` and `%`. `store` ("S3", "GCS") and `part` ("key", "name") go into the error."""
+    rest = uri[len(scheme) + 3:] if uri.startswith(f"{scheme}://") else ""
+    bucket, _, name = rest.partition("/")
+    if not bucket:
+        raise SourceError(
+            f"invalid {store} reference {uri!r}: expected {scheme}://bucket/{part}")
+    return bucket, name
 
 
 def leaf_name(path: str) -> str:

@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..errors import AccessDenied, SourceError
 from ..manifest import Entry
 from ..names import check_entry_path
-from .naming import COUNT_PAST_LIMIT, entry_name, too_many
+from .naming import COUNT_PAST_LIMIT, entry_name, split_bucket_uri, too_many
 from .verify import STREAM_CHUNK, StreamCheck, changed, check_range, expected_range, vanished
 
 #: Keys per list request; S3's own maximum. Tests lower it to exercise pagination cheaply.
@@ -69,12 +69,7 @@ def client() -> Any:
 
 
 def parse(uri: str) -> tuple[str, str]:
-    """`s3://bucket/key` → (bucket, key). Not urlparse: keys may hold `?`, `#` and `%`."""
-    rest = uri[len("s3://"):] if uri.startswith("s3://") else ""
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise SourceError(f"invalid S3 reference {uri!r}: expected s3://bucket/key")
-    return bucket, key
+    return split_bucket_uri(uri, "s3", "S3", "key")
 
 
 def _code(e: ClientError) -> str:

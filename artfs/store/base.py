@@ -14,11 +14,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import FileChangedError
+from ..errors import FileChangedError, StoreError
 from ..hashing import hash_file, stat_key
 
 #: Parallel transfers to a remote store; it keeps this many connections open.
 TRANSFER_WORKERS = 8
+
+
+def split_bucket_url(url: str, scheme: str, store: str) -> tuple[str, str, str]:
+    """(url without a trailing '/', bucket, key prefix ending in '/' or empty) of a registry
+    URL `<scheme>://bucket/prefix`; StoreError naming the URL otherwise."""
+    url = url.rstrip("/")
+    bucket, _, prefix = url[len(scheme) + 3:].partition("/")
+    if not url.startswith(f"{scheme}://") or not bucket:
+        raise StoreError(f"not {store} registry URI: {url!r} (expected {scheme}://bucket/prefix)")
+    return url, bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from ..errors import AccessDenied, IntegrityError, KeyNotFound, StoreError
-from .base import ObjectInfo, Store
+from .base import ObjectInfo, Store, split_bucket_url
 
 MiB = 1024 * 1024
 
@@ -95,11 +95,7 @@ class GCSStore(Store):
     """Keys live below `prefix/` in one bucket; one client (thread-safe) per store."""
 
     def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-        bucket, _, prefix = self.url[len("gs://") :].partition("/")
-        if not url.startswith("gs://") or not bucket:
-            raise StoreError(f"not a GCS registry URI: {url!r} (expected gs://bucket/prefix)")
-        self._prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url, bucket, self._prefix = split_bucket_url(url, "gs", "a GCS")
         try:
             self._client = _make_client()
         except GoogleAuthError as e:

@@ -31,7 +31,7 @@ from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
 from .. import progress
 from ..errors import AccessDenied, IntegrityError, KeyNotFound, StoreError
-from .base import ObjectInfo, Store
+from .base import ObjectInfo, Store, split_bucket_url
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +123,7 @@ class S3Store(Store):
     """Keys live below `prefix/` in one bucket; one client and one transfer pool per store."""
 
     def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-        bucket, _, prefix = self.url[len("s3://") :].partition("/")
-        if not url.startswith("s3://") or not bucket:
-            raise StoreError(f"not an S3 registry URI: {url!r} (expected s3://bucket/prefix)")
-        self.bucket = bucket
-        self._prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url, self.bucket, self._prefix = split_bucket_url(url, "s3", "an S3")
         self._sse = _sse_args_from_env()
         self._checksum: str | None = UPLOAD_CHECKSUM
         config = Config(
@@ -224,14 +219,17 @@ class S3Store(Store):
         )
 
     def _written_by(self, key: str, write_id: str) -> bool:
+        meta = self._head(key)
+        return meta is not None and meta.get("Metadata", {}).get(WRITE_ID_META) == write_id
+
+    def _head(self, key: str) -> dict[str, Any] | None:
         with self._translate("reading", key):
             try:
-                meta = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+                return self._client.head_object(Bucket=self.bucket, Key=self._key(key))
             except ClientError as e:
                 if _status(e) == 404:
-                    return False
+                    return None
                 raise
-        return meta.get("Metadata", {}).get(WRITE_ID_META) == write_id
 
     # -- Store -------------------------------------------------------------------------------
     def get(self, key: str) -> bytes:
@@ -268,14 +266,8 @@ class S3Store(Store):
             raise
 
     def head(self, key: str) -> ObjectInfo | None:
-        with self._translate("reading", key):
-            try:
-                resp = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
-            except ClientError as e:
-                if _status(e) == 404:
-                    return None
-                raise
-        return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"])
+        resp = self._head(key)
+        return None if resp is None else ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"])
 
     def put(self, key: str, data: bytes) -> None:
         with self._translate("writing", key):
