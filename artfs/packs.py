@@ -84,12 +84,20 @@ class PackIndex:
     def __init__(self, db_path: Path) -> None:
         self._db = SharedDB(db_path, "CREATE TABLE IF NOT EXISTS locs (registry TEXT, entity TEXT,"
                             " digest TEXT, pack TEXT, offset INTEGER, size INTEGER,"
-                            " PRIMARY KEY (registry, entity, digest))")
+                            " PRIMARY KEY (registry, entity, digest));"
+                            " CREATE INDEX IF NOT EXISTS locs_by_pack ON locs"
+                            " (registry, entity, pack)")
 
     def record(self, registry: str, entity: str, locs: Iterable[tuple[str, PackLoc]]) -> None:
         self._db.write_many("INSERT OR IGNORE INTO locs VALUES (?,?,?,?,?,?)",
                             [(registry, entity, d, loc.pack, loc.offset, loc.size)
                              for d, loc in locs])
+
+    def members(self, registry: str, entity: str, pack: str) -> dict[str, PackLoc]:
+        """Every blob this machine knows to live in `pack`."""
+        rows = self._db.execute("SELECT digest, offset, size FROM locs WHERE registry=? AND"
+                                " entity=? AND pack=?", (registry, entity, pack))
+        return {d: PackLoc(pack, o, n) for d, o, n in rows}
 
     def lookup(self, registry: str, entity: str, digests: Iterable[str]) -> dict[str, PackLoc]:
         wanted = list(dict.fromkeys(digests))

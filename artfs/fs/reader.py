@@ -6,7 +6,8 @@
   are served from a memory mapping (`LocalHandle`).
 - Stored file, remote registry: a verified whole blob in the shared cache when there is one.
   Otherwise blobs up to `WHOLE_FETCH_MAX` are fetched whole and verified before the first byte
-  is served; larger ones are fetched lazily in blocks (`PartialBlob`) with sequential prefetch
+  is served (a small packed one with the rest of its pack, which its neighbours then find in
+  the cache); larger ones are fetched lazily in blocks (`PartialBlob`) with sequential prefetch
   and verified as a whole once every block has arrived (SEMANTICS.md says what that means).
 - Reference: fetched whole through the reference's scheme into the shared cache, verified
   against the recorded SHA-256 when there is one.
@@ -579,7 +580,7 @@ class Reader:
                          "process): fetching it again", digest)
         if loc.origin is not Origin.STREAM:
             path = await self._single.get(
-                ("blob", digest), lambda: self.blocking(blobs.fetch_whole, entity, digest))
+                ("blob", digest), lambda: self.blocking(blobs.fetch_with_pack, entity, digest))
             return await self._open_local(path, where)
         blob = self._partials.get(digest)
         if blob is None or blob.error:
