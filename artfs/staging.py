@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import config
+from . import config, progress
 from .errors import ArtfsError
 from .hashing import CHUNK, stat_key
 from .manifest import Entry, Manifest, walk_tree
@@ -882,6 +882,8 @@ def commit(
             else:
                 file = area.file(node)
                 sources.append(Source(path, file, stat_key(os.stat(file))))
+        progress.expect(sum(os.stat(f).st_size for _, f in hashed)
+                        + sum(os.stat(s.file).st_size for s in sources))
         registry.put_blob_files(e, hashed, move=True)
     finally:
         shutil.rmtree(links, ignore_errors=True)

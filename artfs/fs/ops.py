@@ -48,6 +48,8 @@ XATTR_PREFIX = "user.artfs."
 CONTROL_XATTR = XATTR_PREFIX + "control"
 #: ...and read the reply from this one, suffixed with the request id.
 RESULT_XATTR = XATTR_PREFIX + "result."
+#: ...and how far a running commit has got from this one (bytes moved and expected).
+PROGRESS_XATTR = XATTR_PREFIX + "progress."
 DIR_MODE = stat.S_IFDIR | 0o755
 FILE_MODE = stat.S_IFREG | 0o644
 
@@ -501,6 +503,11 @@ class Operations(pyfuse3.Operations):
             # caches no xattr answer, so ENODATA cost two round trips per file.
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR if key.startswith("user.")
                                     else errno.EOPNOTSUPP)
+        if key.startswith(PROGRESS_XATTR):
+            state = self.staged.progress_of(key[len(PROGRESS_XATTR):])
+            if state is None:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return json.dumps(state).encode()
         if key.startswith(RESULT_XATTR):
             reply = self.staged.result(key[len(RESULT_XATTR):])
             if reply is None:

@@ -41,7 +41,7 @@ import outcome
 import pyfuse3
 import trio
 
-from .. import staging
+from .. import progress, staging
 from ..errors import ArtfsError, Cancelled
 from ..hashing import _kernel_copy
 from ..names import LATEST
@@ -293,6 +293,8 @@ class StagedFS:
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
         #: Ids of commit requests whose CLI was interrupted (`artfs commit` then Ctrl-C).
         self._cancelled: set[str] = set()
+        #: Bytes moved by each running commit, by request id.
+        self._progress: dict[str, progress.Tracker] = {}
         self._checkpointing = False
         #: Areas of new artifacts removed by `rmdir`: ENOENT, not re-created, until a `mkdir`.
         self._removed: set[int] = set()
@@ -944,14 +946,22 @@ class StagedFS:
     def _commit_blocking(self, area: StagingArea, request: dict[str, Any]) -> staging.Committed:
         # Its own connection: the trio thread keeps serving the area meanwhile.
         own = Staging(self.registry.url, area.entity, area.project, area.name)
+        request_id = str(request.get("id"))
         try:
-            return staging.commit(
-                self.registry, own, aliases=request.get("aliases") or (),
-                type_=request.get("type"), description=request.get("description"),
-                metadata=request.get("metadata"), force=bool(request.get("force")),
-                before_commit=partial(self._unless_cancelled, str(request.get("id")), area))
+            with progress.track() as self._progress[request_id]:
+                return staging.commit(
+                    self.registry, own, aliases=request.get("aliases") or (),
+                    type_=request.get("type"), description=request.get("description"),
+                    metadata=request.get("metadata"), force=bool(request.get("force")),
+                    before_commit=partial(self._unless_cancelled, request_id, area))
         finally:
+            self._progress.pop(request_id, None)
             own.close()
+
+    def progress_of(self, request_id: str) -> dict[str, int] | None:
+        """Bytes a running commit has moved, and how many it will (`artfs commit`'s bar)."""
+        tracker = self._progress.get(request_id)
+        return tracker.state() if tracker is not None else None
 
     def _unless_cancelled(self, request_id: str, area: StagingArea) -> None:
         """Called just before the version is written: the last moment a commit can stop."""
