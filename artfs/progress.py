@@ -24,8 +24,26 @@ SHOW_AFTER_S = 0.2
 #: Redraw at most this often (seconds): redrawing per 1 MiB chunk would cost more than it shows.
 REDRAW_S = 0.2
 
-_active: Progress | None = None
+_active: Progress | Tracker | None = None
 _active_lock = threading.Lock()
+
+
+class Tracker:
+    """Bytes moved so far out of an expected total, for a process without a terminal (the
+    mount, during a commit) to hand to one that has one."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+
+    def state(self) -> dict[str, int]:
+        return {"done": min(self.done, self.total) if self.total else self.done,
+                "total": self.total}
 
 
 class Progress:
@@ -59,6 +77,12 @@ class Progress:
         if value > self._bar.n:
             self._bar.update(value - self._bar.n)
 
+    def set_total(self, total: int) -> None:
+        with self._lock:
+            self.total = total
+            self._bar.total = total
+            self._show()
+
     def close(self) -> None:
         self._bar.close()
 
@@ -73,16 +97,40 @@ def _is_terminal(stream: TextIO) -> bool:
 @contextmanager
 def bar(total: int, what: str, *, quiet: bool = False) -> Iterator[Progress]:
     """Open a bar that `add` feeds until the block ends (one at a time per process)."""
-    global _active
     progress = Progress(total, what, quiet=quiet)
-    with _active_lock:
-        outer, _active = _active, progress
     try:
-        yield progress
+        with _feeding(progress):
+            yield progress
+    finally:
+        progress.close()
+
+
+@contextmanager
+def track() -> Iterator[Tracker]:
+    """Count the bytes `add` reports until the block ends, without drawing anything. One at a
+    time per process: two commits at once in one mount would count into the later one."""
+    tracker = Tracker()
+    with _feeding(tracker):
+        yield tracker
+
+
+@contextmanager
+def _feeding(sink: Progress | Tracker) -> Iterator[None]:
+    global _active
+    with _active_lock:
+        outer, _active = _active, sink
+    try:
+        yield
     finally:
         with _active_lock:
             _active = outer
-        progress.close()
+
+
+def expect(total: int) -> None:
+    """The work under way will move `total` bytes, as far as a tracker needs to know."""
+    current = _active
+    if isinstance(current, Tracker):
+        current.total = total
 
 
 def add(n: int) -> None:

@@ -7,6 +7,7 @@ import fcntl
 import os
 import pty
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -99,4 +100,16 @@ def test_quiet_or_no_terminal_shows_nothing(s3_registry: Path, tmp_path: Path) -
                          text=True, timeout=300)
     assert out.returncode == 0 and out.stderr == ""
     code, screen = on_terminal([*ARTFS, "get", "-q", "big", str(tmp_path / "again")])
+    assert code == 0 and screen == ""
+
+
+@pytest.mark.slow
+def test_commit_shows_the_bytes_the_mount_uploads(s3_registry: Path, commit_tree, mount) -> None:
+    commit_tree("ds", {"a.txt": b"alpha"})
+    m = mount()
+    shutil.copy(s3_registry, m.artifact("ds") / "@staging" / "big.bin")
+    code, screen = on_terminal([*ARTFS, "commit", str(m.artifact("ds"))])
+    assert code == 0 and shows_a_byte_bar(screen), screen[-2000:]
+    (m.artifact("ds") / "@staging" / "other.bin").write_bytes(os.urandom(SIZE))
+    code, screen = on_terminal([*ARTFS, "commit", "--quiet", str(m.artifact("ds"))])
     assert code == 0 and screen == ""

@@ -18,11 +18,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .. import config, staging
+from .. import config, progress, staging
 from ..errors import ArtfsError, Cancelled
 from ..interrupts import Interrupted, cancel_on_signal
-from .ops import CONTROL_XATTR, RESULT_XATTR, XATTR_PREFIX
+from .ops import CONTROL_XATTR, PROGRESS_XATTR, RESULT_XATTR, XATTR_PREFIX
 from .tree import STAGING_NAME
+
+#: How often `artfs commit` asks the mount how far the commit has got.
+PROGRESS_POLL_S = 0.2
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -78,6 +81,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--type", help="artifact type (required for a new artifact)")
     p.add_argument("--description", help="text describing the version")
     p.add_argument("--metadata", help="a JSON object stored with the version")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress bar (there is none when stderr is not a terminal)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for files open for writing when the commit starts "
                         "(default: refuse them after 1 s)")
@@ -206,9 +211,11 @@ def send(folder: Path, request: dict[str, Any], *, keep_id: bool = False) -> dic
     return reply
 
 
-def send_cancellable(folder: Path, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def send_cancellable(folder: Path, request: dict[str, Any], *,
+                     quiet: bool = False) -> tuple[dict[str, Any], bool]:
     """`send`, but Ctrl-C or SIGTERM asks the mount to cancel the command: its reply (or
-    Cancelled), and whether the user interrupted it (then too late to cancel).
+    Cancelled), and whether the user interrupted it (then too late to cancel). Meanwhile a
+    progress bar shows the bytes the mount has moved, on a terminal unless `quiet`.
 
     The request waits in a thread: the kernel holds this process in the xattr call until the
     mount answers. The cancel goes to the @staging folder through a descriptor opened before,
@@ -230,15 +237,28 @@ def send_cancellable(folder: Path, request: dict[str, Any]) -> tuple[dict[str, A
         message = {"op": "cancel", "target": request["id"], "id": uuid.uuid4().hex}
         os.setxattr(staging_fd, CONTROL_XATTR, json.dumps(message).encode())
 
+    def wait_showing(bar: progress.Progress) -> None:
+        shown = 0
+        while not done.wait(PROGRESS_POLL_S):
+            try:
+                state = json.loads(os.getxattr(staging_fd, PROGRESS_XATTR + request["id"]))
+            except OSError:  # not started yet, or already over
+                continue
+            if state["total"] != bar.total:
+                bar.set_total(state["total"])
+            bar.done(state["done"] - shown)
+            shown = state["done"]
+
     threading.Thread(target=wait_for_reply, daemon=True).start()
     interrupted = False
     try:
-        with cancel_on_signal(cancel, f"cancelling the {request['op']}"):
+        with progress.bar(0, f"{request['op']} {folder.name}", quiet=quiet) as bar:
             try:
-                done.wait()
+                with cancel_on_signal(cancel, f"cancelling the {request['op']}"):
+                    wait_showing(bar)
             except Interrupted:
                 interrupted = True
-        done.wait()  # the mount answers at once, or at its point of no return
+                wait_showing(bar)  # the mount answers at once, or at its point of no return
     finally:
         os.close(staging_fd)
     if "error" in answer:
@@ -252,7 +272,7 @@ def cmd_commit(args: argparse.Namespace) -> None:
     reply, interrupted = send_cancellable(
         folder, {"op": "commit", "aliases": args.alias, "type": args.type,
                  "description": args.description, "metadata": metadata, "wait": args.wait,
-                 "force": args.force})
+                 "force": args.force}, quiet=args.quiet)
     print(reply["message"] + (" (too late to cancel)" if interrupted else ""))
 
 
