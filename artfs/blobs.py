@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,7 +30,7 @@ from .errors import (
     SourceError,
     StoreError,
 )
-from .hashing import SMALL_FILE, HashCache, hash_bytes, read_small, stat_key
+from .hashing import SMALL_FILE, HashCache, copy_and_hash, hash_bytes, read_small, stat_key
 from .manifest import Entry, Manifest
 from .packs import PACK_BLOB_MAX, PackBuilder, PackIndex, PackLoc, split
 from .store import Store
@@ -51,6 +52,9 @@ class Source:
     path: str
     file: Path | str
     expect: tuple[int, int, int, int] | None = None
+    #: Set for a file captured when it was added (`Blobs.capture`): `file` is then artfs's own
+    #: copy of the bytes (a registry blob or a cache spool file), whose SHA-256 is this.
+    digest: str | None = None
 
 
 
@@ -67,6 +71,9 @@ def check_unique(what: str, sources: list[Source], references: list[Entry]) -> N
 
 
 def _check_unchanged(src: Source, st: os.stat_result) -> None:
+    if src.digest is not None:
+        # A captured copy is artfs's own; its ctime moves when a hard link to it goes away.
+        return
     if src.expect is not None and stat_key(st) != src.expect:
         raise FileChangedError(
             f"source file {src.file} (entry {src.path}) changed after it was added"
@@ -174,6 +181,62 @@ class Blobs:
             found = pool.map(lambda d: (d, self.has_blob(entity, d)), digests)
             return {d for d, ok in found if ok}
 
+    def capture(
+        self, entity: str, items: Iterable[tuple[str, str, os.stat_result | None]],
+        spool: Path | None = None,
+    ) -> tuple[list[Source], Path | None]:
+        """Keep the bytes each (entry path, file, stat) holds now, whatever the file becomes.
+
+        W&B's `policy="mutable"`, with one copy, never two: a store whose keys are local files
+        gets the bytes straight into its blob store; elsewhere they go into `spool`, a folder
+        of the local cache that eviction leaves alone until the upload is done
+        (`BlobCache.adopt_spool`). A file whose stat matches the hash table, with its blob
+        already at hand, is not read at all. Returns the sources to log and the spool folder
+        (created when first needed).
+        """
+        items = list(items)
+        stats = {}
+        for _, file, st in items:
+            try:
+                stats[file] = st if st is not None else os.stat(file)
+            except OSError as e:
+                raise SourceError(f"cannot read source {file}: {e.strerror}") from e
+        known = self.hashes.lookup((f, stat_key(st)) for f, st in stats.items())
+        in_store = self.store.local_path(keys.MARKER) is not None
+        if not in_store and spool is None:
+            spool = self.cache.new_spool()
+        fresh: list[tuple[str, os.stat_result, str]] = []
+
+        def keep(item: tuple[str, str, os.stat_result | None]) -> Source:
+            path, file, _ = item
+            digest = known.get(file)
+            if in_store:
+                if digest is None or not self.has_blob(entity, digest):
+                    digest, st = self._upload(entity, Path(file))
+                    fresh.append((file, st, digest))
+                copy = self.store.local_path(keys.blob(entity, digest))
+            else:
+                assert spool is not None
+                if digest is None or not self.cache.link_into(digest, spool):
+                    tmp = spool / f".{uuid.uuid4().hex}"
+                    try:
+                        digest, st = copy_and_hash(file, tmp)
+                        os.replace(tmp, spool / digest)
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                    fresh.append((file, st, digest))
+                copy = spool / digest
+            assert copy is not None
+            return Source(path, copy, stat_key(os.stat(copy)), digest)
+
+        if len(items) <= 1 or self.workers == 1:
+            sources = [keep(i) for i in items]
+        else:
+            with ThreadPoolExecutor(self.workers) as pool:
+                sources = list(pool.map(keep, items))
+        self.hashes.record(fresh)
+        return sources, spool
+
     def ingest_files(
         self,
         entity: str,
@@ -186,21 +249,27 @@ class Blobs:
         that must be read is hashed while it is copied into the blob store, so it is read once.
         When every digest is known and `skip_present(entries)` says those contents are already
         a committed version, their blobs are not even checked: that makes an unchanged re-log
-        cost one stat per file.
+        cost one stat per file. Captured sources (`Source.digest`) are never hashed again.
         """
         sources = list(sources)
         # The stat taken when a file was added is the snapshot that counts: a file that
         # changes later is caught when (and only if) its bytes must be read.
         stats: dict[str, tuple[int, int, int, int]] = {}
+        captured: dict[str, str] = {}
         for s in sources:
-            if s.expect is not None:
+            if s.digest is not None:
+                assert s.expect is not None
                 stats[str(s.file)] = s.expect
-                continue
-            try:
-                stats[str(s.file)] = stat_key(os.stat(s.file))
-            except (FileNotFoundError, NotADirectoryError):
-                raise SourceError(f"source file {s.file} (entry {s.path}) vanished") from None
-        known = self.hashes.lookup(stats.items())
+                captured[str(s.file)] = s.digest
+            elif s.expect is not None:
+                stats[str(s.file)] = s.expect
+            else:
+                try:
+                    stats[str(s.file)] = stat_key(os.stat(s.file))
+                except (FileNotFoundError, NotADirectoryError):
+                    raise SourceError(f"source file {s.file} (entry {s.path}) vanished") from None
+        known = self.hashes.lookup((f, k) for f, k in stats.items() if f not in captured)
+        known.update(captured)
         if len(known) == len(stats) and skip_present is not None:
             quick = [Entry(s.path, stats[str(s.file)][0], known[str(s.file)]) for s in sources]
             if skip_present(quick):
@@ -208,7 +277,12 @@ class Blobs:
         # Blobs this machine saw in a pack need no request: packs are never rewritten.
         packed = {} if not self.packing else self.packs.lookup(
             self.url, entity, known.values())
-        present = self._present_blobs(entity, set(known.values()) - set(packed))
+        ask = set(known.values()) - set(packed)
+        if self.packing:
+            # A small captured blob is packed again rather than asked for: a HEAD costs what
+            # its share of a pack upload does.
+            ask -= {d for f, d in captured.items() if stats[f][0] <= PACK_BLOB_MAX}
+        present = self._present_blobs(entity, ask)
         entries: list[Entry] = []
         todo: list[Source] = []
         for src in sources:
@@ -228,6 +302,9 @@ class Blobs:
             todo = [s for s in todo if stats[str(s.file)][0] > PACK_BLOB_MAX]
 
         def ingest(src: Source) -> Entry:
+            if src.digest is not None:
+                self.put_blob_files(entity, [(src.digest, Path(src.file))])
+                return Entry(src.path, stats[str(src.file)][0], src.digest)
             digest, st = self._upload(entity, src.file)
             _check_unchanged(src, st)
             fresh.append((str(src.file), st, digest))
@@ -253,6 +330,9 @@ class Blobs:
                 raise FileChangedError(f"source file {src.file} (entry {src.path}) changed "
                                        "after it was added")
             data, digest, st = small
+            if src.digest is not None and digest != src.digest:
+                raise IntegrityError(f"the copy {src.file} of entry {src.path}, taken when it "
+                                     f"was added, no longer hashes to {src.digest}")
             _check_unchanged(src, st)
             return src, data, digest, st
 
@@ -262,7 +342,8 @@ class Blobs:
                     batch = list(pool.map(load, sources[i : i + PACK_BATCH]))
                     known.update(self.packs.lookup(self.url, entity, (b[2] for b in batch)))
                     for src, data, digest, st in batch:
-                        fresh.append((str(src.file), st, digest))
+                        if src.digest is None:
+                            fresh.append((str(src.file), st, digest))
                         read.append((src, digest, st.st_size))
                         if digest not in known:  # else already in a pack of this registry
                             yield digest, data

@@ -9,11 +9,15 @@ layout, readable with `ls`:
     fs-index/<2 hex>/<digest>.v<format>.db   a mount's index of one version's manifest
     fs-work/<pid>/                a mount's partial reads of large remote blobs (swept when the
                                   mount process is gone)
+    spool/<pid>-<id>/<sha256>     files an SDK draft captured when they were added (W&B's
+                                  `policy="mutable"`), waiting for their upload; they then
+                                  join blobs/ (swept when the process is gone)
     hashes.db                     path → (stat, sha256) of files this user hashed (hashing.py)
     packs.db                      where blobs this machine saw live inside packs (packs.py)
 
 Blobs and version indexes share one least-recently-used budget (`ARTFS_CACHE_SIZE`); the two
-tables and a mount's partial reads are counted but not evicted: they are small, or in use.
+tables, a mount's partial reads and spooled files are counted but not evicted: they are small,
+or in use.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class BlobCache:
                             "CREATE TABLE IF NOT EXISTS files"
                             " (path TEXT PRIMARY KEY, size INTEGER, last_used REAL)")
         self._touched: dict[str, float] = {}
+        self._sweep_spools()
 
     def path(self, digest: str) -> Path:
         return self.root / "blobs" / digest[:2] / digest
@@ -149,6 +154,63 @@ class BlobCache:
     def touch_file(self, path: Path) -> None:
         self._db.execute("UPDATE files SET last_used=? WHERE path=?",
                          (time.time(), str(path.relative_to(self.root))))
+
+    # -- spools: captured files waiting for their upload ---------------------------------------
+    @property
+    def spool_root(self) -> Path:
+        return self.root / "spool"
+
+    def new_spool(self) -> Path:
+        spool = self.spool_root / f"{os.getpid()}-{uuid.uuid4().hex}"
+        spool.mkdir(parents=True)
+        return spool
+
+    def link_into(self, digest: str, spool: Path) -> bool:
+        """Hard-link a cached blob into `spool` (no copy, and it survives eviction); False if
+        the cache does not hold it."""
+        try:
+            os.link(self.path(digest), spool / digest)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            return False
+        return True
+
+    def adopt_spool(self, spool: Path, *, keep: bool = True) -> None:
+        """Once uploaded, spooled blobs become ordinary cache entries (a rename each), or are
+        dropped when `keep` is false (W&B's `skip_cache`)."""
+        if not spool.is_dir():
+            return
+        rows = []
+        now = time.time()
+        for name in os.listdir(spool):
+            path = spool / name
+            final = self.path(name)
+            if not keep or name.startswith(".") or final.exists():
+                path.unlink(missing_ok=True)
+                continue
+            final.parent.mkdir(parents=True, exist_ok=True)
+            rows.append((name, path.stat().st_size, now))
+            os.rename(path, final)
+        spool.rmdir()
+        if rows:
+            self._db.write_many("INSERT OR REPLACE INTO blobs VALUES (?,?,?)", rows)
+            self.evict()
+
+    @staticmethod
+    def drop_spool(spool: Path) -> None:
+        shutil.rmtree(spool, ignore_errors=True)
+
+    def _sweep_spools(self) -> None:
+        """Spools of processes that died before their upload are nobody's any more."""
+        try:
+            names = os.listdir(self.spool_root)
+        except FileNotFoundError:
+            return
+        for name in names:
+            pid = name.split("-", 1)[0]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(self.spool_root / name, ignore_errors=True)
 
     def usage(self) -> tuple[int, int]:
         """(number of blobs, bytes) currently recorded."""
@@ -257,8 +319,9 @@ class LocalCache:
     def usage(self) -> Usage:
         self._count_untracked_indexes()
         other = [p for p in (self.hashes_db, self.packs_db) if p.exists()]
-        if self.work_root.is_dir():
-            other += [p for p in self.work_root.rglob("*") if p.is_file()]
+        for pinned in (self.work_root, self.blobs.spool_root):
+            if pinned.is_dir():
+                other += [p for p in pinned.rglob("*") if p.is_file()]
         sizes = [p.stat().st_blocks * 512 for p in other]
         return Usage(self.blobs.usage(), self.blobs.files_usage(), (len(sizes), sum(sizes)))
 

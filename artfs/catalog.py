@@ -102,21 +102,42 @@ class Catalog:
 
     def version(self, ref: ArtifactRef, *, with_aliases: bool = True) -> Version:
         number = self.resolve(ref)
-        art = keys.artifact(ref.entity, ref.project, ref.name)
-        key = art.version(number)
         try:
-            doc = decode(self.store.get(key), f"version record {key}")
+            v = self.version_record(ref.entity, ref.project, ref.name, number)
         except KeyNotFound:
             raise self.not_found(ref) from None
-        try:
-            meta = decode(self.store.get(art.meta(number)), "version metadata")
-        except KeyNotFound:
-            meta = {}
+        if with_aliases:
+            v.aliases = sorted(
+                a for a, n in self.aliases(ref.entity, ref.project, ref.name).items() if n == number
+            )
+        return v
+
+    def edited_versions(self, entity: str, project: str, name: str) -> set[int]:
+        """Versions whose description or metadata was saved after commit (one listing)."""
+        art = keys.artifact(entity, project, name)
+        found = (art.version_number(key) for key in self.store.list(art.metas))
+        return {n for n in found if n is not None}
+
+    def version_record(self, entity: str, project: str, name: str, number: int, *,
+                       edited: bool | None = None) -> Version:
+        """Version `number` without its aliases; KeyNotFound when it does not exist.
+
+        `edited=False` (known from `edited_versions`) saves the request for its later edits.
+        """
+        art = keys.artifact(entity, project, name)
+        key = art.version(number)
+        doc = decode(self.store.get(key), f"version record {key}")
+        meta: dict[str, Any] = {}
+        if edited is not False:
+            try:
+                meta = decode(self.store.get(art.meta(number)), "version metadata")
+            except KeyNotFound:
+                pass
         try:
             v = Version(
-                entity=ref.entity,
-                project=ref.project,
-                name=ref.name,
+                entity=entity,
+                project=project,
+                name=name,
                 type=str(doc["type"]),
                 version=number,
                 digest=str(doc["digest"]),
@@ -126,15 +147,12 @@ class Catalog:
                 logged_by=doc.get("logged_by"),
                 description=meta.get("description", doc.get("description")),
                 metadata=dict(meta.get("metadata", doc.get("metadata")) or {}),
+                updated_at=str(meta.get("updated_at") or doc["created_at"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptRecord(f"version record {key} is missing {e}") from e
         if doc.get("version") != number or not is_sha256(v.digest):
             raise CorruptRecord(f"version record {key} does not describe v{number}")
-        if with_aliases:
-            v.aliases = sorted(
-                a for a, n in self.aliases(ref.entity, ref.project, ref.name).items() if n == number
-            )
         return v
 
     def manifest(self, version: Version) -> Manifest:
@@ -237,8 +255,9 @@ class Catalog:
         """
         aliases = [check_alias(a) for a in aliases]
         art = keys.artifact(version.entity, version.project, version.name)
-        meta_json = check_metadata(version.qualified, description, metadata)
-        self.store.put(art.meta(version.version), meta_json)
+        check_metadata(version.qualified, description, metadata)
+        self.store.put(art.meta(version.version), encode(
+            {"description": description, "metadata": metadata, "updated_at": now_iso()}))
         for alias in set(version.aliases) - set(aliases):
             key = art.alias(alias)
             try:

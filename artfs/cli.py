@@ -18,8 +18,9 @@ from pathlib import Path
 
 from . import config, progress, transfer
 from .cache import LocalCache
-from .errors import ArtfsError, Cancelled, DestinationNotEmpty, SourceError
+from .errors import ArtfsError, Cancelled, DestinationNotEmpty, InvalidFilter, SourceError
 from .interrupts import Interrupted, cancel_on_signal
+from .listing import VersionListing
 from .manifest import Manifest
 from .names import ArtifactRef, check_alias, check_name, parse_ref
 from .registry import Registry, Source, Version, check_metadata, check_unique, init_registry
@@ -62,6 +63,8 @@ def cmd_ls(args: argparse.Namespace) -> None:
         raise ArtfsError(f"invalid path {args.path!r}: expected [ENTITY[/PROJECT[/NAME]]]")
     for i, p in enumerate(parts):
         check_name(p, ("entity", "project", "artifact name")[i])
+    if args.filter is not None and len(parts) != 3:
+        raise InvalidFilter("--filter lists the versions of one artifact: give ENTITY/PROJECT/NAME")
     if not parts:
         for e in reg.entities():
             print(e)
@@ -71,6 +74,8 @@ def cmd_ls(args: argparse.Namespace) -> None:
     elif len(parts) == 2:
         for n in reg.artifacts(*parts):
             print(f"{parts[0]}/{parts[1]}/{n}  ({reg.artifact_type(*parts, n)})")
+    elif args.filter is not None:
+        _ls_filtered(reg, *parts, args.filter)
     else:
         e, p, n = parts
         if reg.artifact_type(e, p, n) is None:
@@ -83,6 +88,18 @@ def cmd_ls(args: argparse.Namespace) -> None:
             aliases = ",".join(sorted(by_version.get(v, [])))
             print(f"v{v}\t{_human(rec.size)}\t{_count(rec.file_count, 'file')}\t"
                   f"{rec.created_at}\t{aliases}")
+
+
+def _ls_filtered(reg: Registry, e: str, p: str, n: str, raw: str) -> None:
+    """`ls NAME --filter JSON`: the versions matching a filter (artfs/filters.py), oldest first."""
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise InvalidFilter(f"--filter is not valid JSON: {err}") from None
+    for rec in sorted(VersionListing(reg, e, p, n, filters=spec, per_page=1000),
+                      key=lambda v: v.version):
+        print(f"{rec.label}\t{_human(rec.size)}\t{_count(rec.file_count, 'file')}\t"
+              f"{rec.created_at}\t{','.join(rec.aliases)}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -273,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", parents=[common], help="list entities, projects, artifacts, versions")
     p.add_argument("path", nargs="?", help="ENTITY[/PROJECT[/NAME]]")
+    p.add_argument("--filter", metavar="JSON",
+                   help="only the versions matching a MongoDB-style filter, e.g. "
+                        "'{\"metadata.ap50\": {\"$gt\": 0.9}}' (operators: $eq $ne $gt $gte "
+                        "$lt $lte $in $nin $exists $regex $and $or)")
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("info", parents=[common], help="show a version: files, aliases, lineage")

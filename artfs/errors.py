@@ -27,8 +27,8 @@ class TypeMismatch(ArtfsError):
     """An artifact name logged again with another type."""
 
 
-class DuplicateEntry(ArtfsError):
-    """Two different sources added under one path inside an artifact."""
+class DuplicateEntry(ArtfsError, ValueError):
+    """Two different sources added under one path inside an artifact (W&B: a ValueError)."""
 
 
 class SourceError(ArtfsError):
@@ -49,6 +49,14 @@ class Cancelled(ArtfsError):
 
 class IntegrityError(ArtfsError):
     """Bytes that do not match the digest recorded for them."""
+
+
+class VerificationError(IntegrityError, ValueError):
+    """A folder that does not hold exactly a version's files (W&B's `verify`: a ValueError)."""
+
+
+class InvalidFilter(ArtfsError, ValueError):
+    """A version filter with an unknown operator or field, or an operand of the wrong kind."""
 
 
 class CorruptRecord(ArtfsError):

@@ -79,8 +79,12 @@ class ArtifactKeys:
     def version(self, number: int) -> str:
         return f"{self.versions}v{number}.json"
 
+    @property
+    def metas(self) -> str:
+        return self.prefix + "meta/"
+
     def meta(self, number: int) -> str:
-        return f"{self.prefix}meta/v{number}.json"
+        return f"{self.metas}v{number}.json"
 
     @property
     def aliases(self) -> str:
@@ -99,8 +103,8 @@ class ArtifactKeys:
         return f"{self.used_by(number)}{entity}/{project}/{run_id}"
 
     def version_number(self, key: str) -> int | None:
-        """N for a key `version(N)` made, None for anything else below `versions`."""
-        label = key.removeprefix(self.versions).removesuffix(".json")
+        """N for a key `version(N)` or `meta(N)` made, None for anything else below them."""
+        label = key.rsplit("/", 1)[-1].removesuffix(".json")
         return int(label[1:]) if label.startswith("v") and label[1:].isdigit() else None
 
     def alias_name(self, key: str) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 from . import keys
-from .errors import ArtifactNotFound, KeyNotFound
+from .errors import ArtifactNotFound, InvalidMetadata, KeyNotFound
 from .names import check_name
 from .records import RunRecord, Version, decode, encode, now_iso
 from .store import Store
@@ -18,16 +19,30 @@ class Lineage:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def start_run(self, entity: str, project: str, job_type: str) -> RunRecord:
+    def start_run(self, entity: str, project: str, job_type: str, *, run_id: str | None = None,
+                  **info: Any) -> RunRecord:
+        """Record a new run; `info` holds W&B's name, config, tags, notes and group."""
         run = RunRecord(
             entity=check_name(entity, "entity"),
             project=check_name(project, "project"),
-            id=secrets.token_hex(4),
+            id=check_name(run_id, "run id") if run_id is not None else secrets.token_hex(4),
             job_type=check_name(job_type, "job type"),
             created_at=now_iso(),
+            **info,
         )
+        try:
+            encode(run.toencode())
+        except (TypeError, ValueError) as e:
+            raise InvalidMetadata(f"config of run {entity}/{project}/{run.id} is not "
+                                  f"JSON-serialisable: {e}") from e
         self.save_run(run)
         return run
+
+    def find_run(self, entity: str, project: str, run_id: str) -> RunRecord | None:
+        try:
+            return self.get_run(entity, project, run_id)
+        except ArtifactNotFound:
+            return None
 
     def finish_run(self, run: RunRecord, *, failed: bool = False) -> None:
         with run.lock:
@@ -57,11 +72,11 @@ class Lineage:
             doc = decode(self.store.get(key), f"run record {key}")
         except KeyNotFound:
             raise ArtifactNotFound(f"run {entity}/{project}/{run_id} not found") from None
-        return RunRecord(**doc)
+        return RunRecord.decode(doc, key)
 
     def runs(self, entity: str, project: str) -> Iterator[RunRecord]:
         for key in self.store.list(keys.runs(entity, project)):
-            yield RunRecord(**decode(self.store.get(key), f"run record {key}"))
+            yield RunRecord.decode(decode(self.store.get(key), f"run record {key}"), key)
 
     def record_use(self, version: Version, run: RunRecord) -> None:
         """Add `version` to the run's inputs, and the run to the version's users."""

@@ -48,6 +48,8 @@ class Version:
     description: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)
+    #: When description, metadata or aliases were last saved; `created_at` until then.
+    updated_at: str = ""
 
     @property
     def label(self) -> str:
@@ -86,6 +88,12 @@ class RunRecord:
     state: str = "running"
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    #: What W&B's `init` records about a run besides its artifacts.
+    name: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    notes: str | None = None
+    group: str | None = None
     #: A run's inputs (main thread) and outputs (background logs) change concurrently; appending
     #: and saving under one lock keeps a later save from dropping an earlier append.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -95,8 +103,18 @@ class RunRecord:
             "entity": self.entity, "project": self.project, "id": self.id,
             "job_type": self.job_type, "created_at": self.created_at,
             "finished_at": self.finished_at, "state": self.state, "inputs": list(self.inputs),
-            "outputs": list(self.outputs),
+            "outputs": list(self.outputs), "name": self.name, "config": dict(self.config),
+            "tags": list(self.tags), "notes": self.notes, "group": self.group,
         }
+
+    @classmethod
+    def decode(cls, doc: dict[str, Any], key: str) -> RunRecord:
+        """A stored run; fields a newer artfs added are left out rather than refused."""
+        known = {f for f in cls.__dataclass_fields__ if f != "lock"}
+        try:
+            return cls(**{k: v for k, v in doc.items() if k in known})
+        except TypeError as e:
+            raise CorruptRecord(f"run record {key} is incomplete: {e}") from e
 
 
 @dataclass

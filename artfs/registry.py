@@ -151,6 +151,13 @@ class Registry:
     def version(self, ref: ArtifactRef, *, with_aliases: bool = True) -> Version:
         return self.catalog.version(ref, with_aliases=with_aliases)
 
+    def version_record(self, entity: str, project: str, name: str, number: int, *,
+                       edited: bool | None = None) -> Version:
+        return self.catalog.version_record(entity, project, name, number, edited=edited)
+
+    def edited_versions(self, entity: str, project: str, name: str) -> set[int]:
+        return self.catalog.edited_versions(entity, project, name)
+
     def ensure_artifact(self, entity: str, project: str, name: str, type_: str) -> None:
         self.catalog.ensure_artifact(entity, project, name, type_)
 
@@ -176,8 +183,12 @@ class Registry:
 
     # -- runs and lineage (lineage.py) -----------------------------------------------------
 
-    def start_run(self, entity: str, project: str, job_type: str) -> RunRecord:
-        return self.lineage.start_run(entity, project, job_type)
+    def start_run(self, entity: str, project: str, job_type: str, *, run_id: str | None = None,
+                  **info: Any) -> RunRecord:
+        return self.lineage.start_run(entity, project, job_type, run_id=run_id, **info)
+
+    def find_run(self, entity: str, project: str, run_id: str) -> RunRecord | None:
+        return self.lineage.find_run(entity, project, run_id)
 
     def finish_run(self, run: RunRecord, *, failed: bool = False) -> None:
         self.lineage.finish_run(run, failed=failed)

@@ -8,6 +8,7 @@ files are copied, never hard-linked: an edit in the user's folder must not reach
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +17,19 @@ from pathlib import Path
 
 from . import progress, refs
 from .blobs import Origin
-from .errors import IntegrityError, InvalidPath
+from .errors import (
+    IntegrityError,
+    InvalidPath,
+    ReferenceChanged,
+    SourceError,
+    VerificationError,
+)
 from .hashing import SMALL_FILE, copy_and_hash, copy_file, stat_key
 from .manifest import Entry
 from .names import NAME_MAX, check_entry_path
 from .registry import Registry, Version
+
+log = logging.getLogger(__name__)
 
 
 def safe_destination(root: Path, path: str) -> Path:
@@ -99,10 +108,15 @@ def _partial(dest: Path) -> Path:
 
 def download(
     registry: Registry, version: Version, entries: Iterable[Entry], root: Path, *,
-    quiet: bool = False,
+    quiet: bool = False, skip_cache: bool = False, skip_missing_refs: bool = False,
 ) -> Path:
     """Make `root` hold `entries` of `version`; returns `root`. A progress bar shows on a
-    terminal unless `quiet`."""
+    terminal unless `quiet`.
+
+    `skip_cache`: remote blobs of any size go straight to `root`, not through the cache.
+    `skip_missing_refs`: a reference whose source changed or vanished is left out (logged),
+    not an error.
+    """
     root.mkdir(parents=True, exist_ok=True)
     entries = list(entries)
     where = Destinations(root)
@@ -118,13 +132,15 @@ def download(
     total = sum(e.size or 0 for e, _ in todo)
     with progress.bar(total, version.qualified, quiet=quiet) as bar:
         registry.prefetch_packed(version.entity, (e for e, _ in todo if not e.is_reference))
-        _fetch_all(registry, version, todo, where, stats, known, bar)
+        _fetch_all(registry, version, todo, where, stats, known, bar,
+                   stream_above=0 if skip_cache else SMALL_FILE,
+                   skip_missing_refs=skip_missing_refs)
     return root
 
 
 def _fetch_all(registry: Registry, version: Version, todo: list[tuple[Entry, Path]],
                where: Destinations, stats: dict[str, os.stat_result], known: dict[str, str],
-               bar: progress.Progress) -> None:
+               bar: progress.Progress, *, stream_above: int, skip_missing_refs: bool) -> None:
     """Download `todo` (entries not yet in place), in parallel where the store gains by it."""
     made: set[Path] = set()
     written: list[tuple[str, os.stat_result, str]] = []
@@ -143,12 +159,18 @@ def _fetch_all(registry: Registry, version: Version, todo: list[tuple[Entry, Pat
         tmp = _partial(dest)
         try:
             if entry.is_reference:
-                refs.fetch_verified(entry, tmp, f"entry {entry.path} of {version.qualified}")
+                try:
+                    refs.fetch_verified(entry, tmp, f"entry {entry.path} of {version.qualified}")
+                except (ReferenceChanged, SourceError) as e:
+                    if not skip_missing_refs:
+                        raise
+                    log.warning("skipped %s of %s: %s", entry.path, version.qualified, e)
+                    return
             else:
                 assert entry.digest is not None
                 what = f"entry {entry.path} of {version.qualified}"
                 blobs = registry.blobs
-                loc = blobs.locate(version.entity, entry.digest, entry.size or 0, SMALL_FILE)
+                loc = blobs.locate(version.entity, entry.digest, entry.size or 0, stream_above)
                 if loc.origin is Origin.STREAM:
                     blobs.fetch_direct(loc, entry.digest, tmp, what)
                 else:
@@ -210,11 +232,12 @@ def verify(version: Version, entries: Iterable[Entry], root: Path) -> None:
     for entry in entries:
         dest = where.path(entry.path)
         if not dest.is_file():
-            raise IntegrityError(f"{dest} is missing (entry {entry.path} of {version.qualified})")
+            raise VerificationError(
+                f"{dest} is missing (entry {entry.path} of {version.qualified})")
         if entry.digest is not None:
             digest, _ = copy_and_hash(dest, None)
             if digest != entry.digest:
-                raise IntegrityError(
+                raise VerificationError(
                     f"{dest} does not match entry {entry.path} of {version.qualified}: "
                     f"expected sha256 {entry.digest}, found {digest}"
                 )
@@ -222,4 +245,19 @@ def verify(version: Version, entries: Iterable[Entry], root: Path) -> None:
         for fname in filenames:
             rel = (Path(dirpath) / fname).relative_to(root).as_posix()
             if rel not in expected:
-                raise IntegrityError(f"{root / rel} is not part of {version.qualified}")
+                raise VerificationError(f"{root / rel} is not part of {version.qualified}")
+
+
+def remove_others(root: Path, keep: set[str]) -> None:
+    """Delete every file below `root` whose path is not in `keep`, and the folders that
+    leaves empty (for `checkout`). Symlinks are removed, never followed."""
+    if not root.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        folder = Path(dirpath)
+        for name in filenames + [d for d in dirnames if (folder / d).is_symlink()]:
+            path = folder / name
+            if path.relative_to(root).as_posix() not in keep:
+                path.unlink()
+        if folder != root and not any(folder.iterdir()):
+            folder.rmdir()

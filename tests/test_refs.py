@@ -281,7 +281,7 @@ def test_reference_logs_and_downloads_on_every_registry(registry_url: str, any_s
     uri_b = any_source.put("d/sub/b.bin", b"beta" * 1000)
     art = log_refs((uri_a, {}), (uri_b, {"name": "sub/b.bin"}))
     again = sdk.Api().artifact("refs:latest")
-    assert again.get_path("a.bin").ref() == uri_a
+    assert again.get_path("a.bin").ref == uri_a
     root = Path(again.download(tmp_path / "dl"))
     assert (root / "a.bin").read_bytes() == b"alpha"
     assert (root / "sub" / "b.bin").read_bytes() == b"beta" * 1000

@@ -63,7 +63,7 @@ def stall(real):
 local.copy_and_hash = stall(local.copy_and_hash)
 base.hash_file = stall(base.hash_file)
 art = sdk.Artifact("big", type="dataset")
-art.add_file(sys.argv[1])
+art.add_file(sys.argv[1], policy="immutable")  # read at upload, inside log_artifact
 with sdk.init(job_type="writer") as run:
     run.log_artifact(art)
 """

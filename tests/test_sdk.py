@@ -49,7 +49,7 @@ def test_same_contents_create_no_version_and_move_aliases(log_files) -> None:
     log_files("ds", {"a.txt": b"b"})
     again = log_files("ds", {"a.txt": b"a"}, aliases=["best"])
     assert again.version == "v0"
-    assert [a.version for a in sdk.Api().artifacts("dataset", "ds")] == ["v0", "v1"]
+    assert [a.version for a in sdk.Api().artifacts("dataset", "ds")] == ["v1", "v0"]
     assert sdk.Api().artifact("ds:best").version == "v0"
     assert sdk.Api().artifact("ds:latest").version == "v0"
 
@@ -125,11 +125,12 @@ def test_log_artifact_returns_before_upload_and_wait_joins(
 
 @pytest.fixture
 def changed_after_add(tmp_path: Path) -> sdk.Artifact:
-    """An artifact whose one file changed after `add_file`: its upload fails in the background."""
+    """An artifact whose one file changed after `add_file(policy="immutable")`: its upload
+    fails in the background."""
     src = tmp_path / "a.txt"
     src.write_text("before")
     art = sdk.Artifact("ds", type="dataset")
-    art.add_file(src)
+    art.add_file(src, policy="immutable")
     src.write_text("after, longer")
     return art
 
@@ -168,7 +169,7 @@ def test_background_error_is_noted_on_an_exception_leaving_the_with_block(
 def test_logged_artifact_exposes_version_facts(log_files) -> None:
     art = log_files("ds", {"a.txt": b"aaa", "d/b.txt": b"bb"}, aliases=["best"])
     got = sdk.Api().artifact("ds:best")
-    assert (got.name, got.type, got.version) == ("ds", "dataset", "v0")
+    assert (got.name, got.type, got.version) == ("ds:v0", "dataset", "v0")
     assert got.digest == art.digest and len(got.digest) == 64
     assert got.size == 5
     assert got.aliases == ["best", "latest"]
@@ -177,7 +178,7 @@ def test_logged_artifact_exposes_version_facts(log_files) -> None:
 
 def test_files_lists_every_entry_with_size_and_digest(log_files) -> None:
     art = log_files("ds", {"a.txt": b"aaa", "d/b.txt": b"bb"})
-    assert [(e.path, e.size, e.digest, e.ref()) for e in art.files()] == [
+    assert [(e.path, e.size, e.digest, e.ref) for e in art.files()] == [
         ("a.txt", 3, sha(b"aaa"), None),
         ("d/b.txt", 2, sha(b"bb"), None),
     ]
@@ -290,10 +291,10 @@ def test_run_lists_used_and_logged_artifacts(log_files) -> None:
     ]
 
 
-def test_api_artifacts_lists_every_version_oldest_first(log_files) -> None:
+def test_api_artifacts_lists_every_version_newest_first(log_files) -> None:
     for data in (b"0", b"1", b"2"):
         log_files("ds", {"a.txt": data})
-    assert [a.version for a in sdk.Api().artifacts("dataset", "ds")] == ["v0", "v1", "v2"]
+    assert [a.version for a in sdk.Api().artifacts("dataset", "ds")] == ["v2", "v1", "v0"]
 
 
 # -- download and verify ------------------------------------------------------------------------
@@ -356,6 +357,7 @@ def test_large_remote_files_download_straight_to_the_folder_verified(
         log_files, registry: Registry, tmp_path: Path) -> None:
     big = os.urandom(5 * 1024 * 1024)
     art = log_files("ds", {"big.bin": big, "small.txt": b"small"})
+    registry.cache.clean()  # logging left the captured copy there
     out = Path(art.download(tmp_path / "out"))
     assert contents(out) == {"big.bin": big, "small.txt": b"small"}
     cached = [p.stat().st_size for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
@@ -415,7 +417,7 @@ def test_file_reference_downloads_its_bytes_and_keeps_its_uri(
     with sdk.init(job_type="test") as run:
         run.log_artifact(art)
     entry = art.get_path("ext.bin")
-    assert entry.ref() == src.as_uri()
+    assert entry.ref == src.as_uri()
     assert Path(entry.download(tmp_path / "out")).read_bytes() == b"external"
 
 
@@ -442,7 +444,7 @@ import os, sdk
 run = sdk.init(job_type="script")
 good = sdk.Artifact("good", type="dataset"); good.add_file("ok.txt")
 run.log_artifact(good)
-bad = sdk.Artifact("bad", type="dataset"); bad.add_file("gone.txt")
+bad = sdk.Artifact("bad", type="dataset"); bad.add_file("gone.txt", policy="immutable")
 os.remove("gone.txt")
 run.log_artifact(bad)
 """
