@@ -134,6 +134,11 @@ class Run:
         return self._record.group
 
     @property
+    def state(self) -> str:
+        """"running", "finished" or "failed" (as W&B's)."""
+        return self._record.state
+
+    @property
     def path(self) -> str:
         return f"{self.entity}/{self.project}/{self.id}"
 

@@ -123,6 +123,20 @@ def test_id_and_resume_continue_a_run(registry_url: str) -> None:
         sdk.init(job_type="train", id="run-43", resume="must")
 
 
+def test_a_run_whose_log_failed_is_recorded_as_failed(registry_url: str,
+                                                       tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    art = sdk.Artifact("ds", type="dataset")
+    art.add_file(tmp_path / "a.txt", policy="immutable")
+    (tmp_path / "a.txt").write_text("changed")
+    with pytest.raises(ArtfsError, match="a.txt"), sdk.init(job_type="train") as run:
+        run.log_artifact(art)
+    assert sdk.Api().run(run.path).state == "failed"
+    with sdk.init(job_type="train") as ok:
+        ok.log_artifact(draft())
+    assert sdk.Api().run(ok.path).state == "finished"
+
+
 def test_sdk_run_is_the_active_run(registry_url: str) -> None:
     assert sdk.run is None
     with sdk.init(job_type="train") as run:
