@@ -431,7 +431,9 @@ class Operations(pyfuse3.Operations):
         return await self._staging(self.staged.write(handle, off, buf))
 
     async def flush(self, fh: int) -> None:
-        """Nothing to do: a staged file's writers finish at release (`StagedFS.release`)."""
+        handle = self._files[fh]
+        if isinstance(handle, FileHandle):
+            self.staged.flush(handle)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._files[fh]

@@ -225,6 +225,18 @@ class FileHandle:
     writable: bool
     bytes: OpenBytes | None = None
     base: Handle | None = None
+    #: Its last writer's descriptor was closed (flush) and nothing written since: its release
+    #: follows, unless a duplicate of the descriptor lives on in another process.
+    flushed: bool = False
+
+
+async def _running(session: OpenBytes) -> str | None:
+    """The SHA-256 of a session's bytes when they were all written in order, else None."""
+    async with session.lock:
+        run = session.hash
+        if run is None or run.length != os.fstat(session.fd).st_size:
+            return None
+        return await run.hexdigest()
 
 
 @dataclass
@@ -786,6 +798,7 @@ class StagedFS:
         if handle.bytes is None or not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         st = self._areas[handle.area.slot]
+        handle.flushed = False
         b = await self._writable_bytes(st, handle)
         async with b.lock:
             b.changed = True
@@ -811,6 +824,11 @@ class StagedFS:
             st = self._areas[handle.area.slot]
             await self.blocking(_fsync, handle.bytes.fd, st.staging)
 
+    def flush(self, handle: FileHandle) -> None:
+        """A close() of a descriptor; the session is finished only at release (see there)."""
+        if handle.writable and handle.bytes is not None and handle.bytes.writers == 1:
+            handle.flushed = True
+
     async def release(self, handle: FileHandle) -> None:
         """The last close of a descriptor: the last writer of a session finishes it. Not at
         flush, which every close() of a duplicate sends (a process that forks and execs while
@@ -833,15 +851,33 @@ class StagedFS:
                                "staging": True}
         base = st.staging.base_version
         out["base_version"] = f"v{base}" if base is not None else None
-        if node_id != ROOT:
-            out["path"] = st.staging.path(node_id)
-            if not node.is_dir:
-                out["staged"] = node.kind == "local"
-                if node.digest:
-                    out["digest"] = node.digest
-                if node.ref:
-                    out["ref"] = node.ref
+        if node_id == ROOT:
+            # `artfs diff` asks this before it reads the tree: files just closed are then in it.
+            await self._settle(st)
+            return out
+        out["path"] = st.staging.path(node_id)
+        if node.is_dir:
+            return out
+        session = st.current.get(node.id)
+        if session is None:
+            out["staged"] = node.kind == "local"
+            digest, ref = node.digest, node.ref
+        else:  # being written, or closed and not yet released: the session's bytes
+            out["staged"], ref = True, None
+            digest = session.digest if session.state == CLOSED else await _running(session)
+        if digest:
+            out["digest"] = digest
+        if ref:
+            out["ref"] = ref
         return out
+
+    async def _settle(self, st: AreaState) -> None:
+        """Wait (at most RELEASE_GRACE_S) for the release of files whose last writer closed
+        them: the kernel sends it just after close() returned, so a command run right after
+        a `cp` would otherwise not see the file published."""
+        deadline = time.monotonic() + RELEASE_GRACE_S
+        while any(h.flushed for h in st.writing) and time.monotonic() < deadline:
+            await trio.sleep(WAIT_POLL_S / 10)
 
     async def control(self, area: StagingArea, request: dict[str, Any]) -> None:
         """Run a command sent by the CLI (commit, discard, empty); the reply is kept for
