@@ -340,9 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "needed)")
     p.set_defaults(func=cmd_cache)
 
+    from . import run_cli
     from .fs import cli as fs_cli
 
     fs_cli.add_commands(sub, common)
+    run_cli.add_commands(sub, common)
     for listed in sub._choices_actions:  # `artfs CMD --help` opens with the line `--help` lists
         command = sub.choices[listed.dest]
         command.description = command.description or listed.help

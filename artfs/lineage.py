@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import keys
@@ -48,17 +48,65 @@ class Lineage:
         with run.lock:
             run.finished_at = now_iso()
             run.state = "failed" if failed else "finished"
-            self._save_run(run)
+            if not run.shared:
+                self._save_run(run)
+                return
+
+            def close(stored: RunRecord | None) -> RunRecord:
+                # What other processes stored (a joined SDK's config, inputs) is kept whole.
+                if stored is None:
+                    return run
+                stored.finished_at, stored.state = run.finished_at, run.state
+                return stored
+
+            self._update(keys.run(run.entity, run.project, run.id), close)
 
     def save_run(self, run: RunRecord) -> None:
         with run.lock:
             self._save_run(run)
 
     def _save_run(self, run: RunRecord) -> None:
-        key, data = keys.run(run.entity, run.project, run.id), encode(run.toencode())
+        key = keys.run(run.entity, run.project, run.id)
+        if run.shared:
+            self._update(key, lambda stored: _merge_into(run, stored))
+            return
         # Rewritten at every step of a run: an fsync each (~15 ms here) would dominate a
         # re-log, and a power cut loses at most the last lineage update, never data.
-        self.store.put_fast(key, data)
+        self.store.put_fast(key, encode(run.toencode()))
+
+    def _update(self, key: str, change: Callable[[RunRecord | None], RunRecord]) -> RunRecord:
+        """Apply `change` to the stored run (None when there is none yet) by compare-and-swap:
+        a shared run's record is written by several processes, none may drop another's
+        inputs or outputs."""
+        while True:
+            try:
+                data, token = self.store.get_with_token(key)
+            except KeyNotFound:
+                record = change(None)
+                if self.store.put_if_absent(key, encode(record.toencode())):
+                    return record
+                continue
+            record = change(RunRecord.decode(decode(data, f"run record {key}"), key))
+            if self.store.put_if_match(key, encode(record.toencode()), token):
+                return record
+
+    def add_input(self, version: Version, entity: str, project: str, run_id: str) -> None:
+        """Record that a run another process runs (`artfs run`) used `version`; the run's
+        own record may be rewritten meanwhile."""
+        key = keys.run(entity, project, run_id)
+        if self.store.head(key) is None:
+            raise ArtifactNotFound(f"run {entity}/{project}/{run_id} not found")
+        art = keys.artifact(version.entity, version.project, version.name)
+        self.store.put(art.use(version.version, entity, project, run_id), b"")
+
+        def add(stored: RunRecord | None) -> RunRecord:
+            if stored is None:
+                raise ArtifactNotFound(f"run {entity}/{project}/{run_id} not found")
+            if version.qualified not in stored.inputs:
+                stored.inputs.append(version.qualified)
+            return stored
+
+        self._update(key, add)
 
     def record_output(self, run: RunRecord, version: Version) -> None:
         """Add a version the run logged to its outputs."""
@@ -91,3 +139,12 @@ class Lineage:
         art = keys.artifact(version.entity, version.project, version.name)
         return [self.get_run(*art.user(version.version, key))
                 for key in self.store.list(art.used_by(version.version))]
+
+
+def _merge_into(run: RunRecord, stored: RunRecord | None) -> RunRecord:
+    """`run` as this process knows it, plus the inputs and outputs others stored meanwhile."""
+    if stored is not None:
+        run.inputs[:] = [*stored.inputs, *(v for v in run.inputs if v not in stored.inputs)]
+        run.outputs[:] = [*stored.outputs, *(v for v in run.outputs if v not in stored.outputs)]
+        run.config = {**stored.config, **run.config}
+    return run

@@ -97,6 +97,9 @@ class RunRecord:
     #: A run's inputs (main thread) and outputs (background logs) change concurrently; appending
     #: and saving under one lock keeps a later save from dropping an earlier append.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    #: Written by other processes too (a run of `artfs run`: its mounts record inputs, the
+    #: commands it runs record outputs), so saved by compare-and-swap, merging their changes.
+    shared: bool = field(default=False, repr=False, compare=False)
 
     def toencode(self) -> dict[str, Any]:
         return {
@@ -110,7 +113,7 @@ class RunRecord:
     @classmethod
     def decode(cls, doc: dict[str, Any], key: str) -> RunRecord:
         """A stored run; fields a newer artfs added are left out rather than refused."""
-        known = {f for f in cls.__dataclass_fields__ if f != "lock"}
+        known = {f for f in cls.__dataclass_fields__ if f not in ("lock", "shared")}
         try:
             return cls(**{k: v for k, v in doc.items() if k in known})
         except TypeError as e:

@@ -205,6 +205,9 @@ class Registry:
     def record_use(self, version: Version, run: RunRecord) -> None:
         self.lineage.record_use(version, run)
 
+    def add_input(self, version: Version, entity: str, project: str, run_id: str) -> None:
+        self.lineage.add_input(version, entity, project, run_id)
+
     def used_by(self, version: Version) -> list[RunRecord]:
         return self.lineage.used_by(version)
 

@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
+from artfs import active_runs
 from artfs import config as artfs_config
 from artfs.errors import ArtfsError, TypeMismatch
 from artfs.names import check_alias, check_name, parse_ref
@@ -84,8 +85,10 @@ class Run:
     """An active run (from `init`) or a read-only record of a past one."""
 
     def __init__(self, registry: Registry | None, record: RunRecord, *, active: bool,
-                 mode: str = "online") -> None:
+                 mode: str = "online", owned: bool = True) -> None:
         self._registry = registry
+        #: False for the run of an `artfs run` that this process joined: that closes it.
+        self._owned = owned
         self._record = record
         self._active = active
         self.mode = mode
@@ -296,7 +299,10 @@ class Run:
                 self._pool.shutdown(wait=True)
             if self._registry is not None:
                 self._save_config()
-                self._registry.finish_run(self._record, failed=failed)
+                if self._owned:
+                    self._registry.finish_run(self._record, failed=failed)
+                else:
+                    self._registry.save_run(self._record)
 
     def _finish_at_exit(self) -> None:
         """A script that never finished its run still gets its logs committed (the worker
@@ -430,10 +436,18 @@ def init(
             f"mode='offline' needs a registry on a local path, not {reg.url}: artfs has no "
             "queue that uploads to a remote registry later; set ARTFS_REGISTRY to a folder"
         )
-    record = _resumed(reg, entity, project, id, resume)
-    if record is None:
+    joined = None if id is not None else active_runs.from_environment(reg.url)
+    record = _resumed(reg, entity, project, id, resume) if joined is None else None
+    if joined is not None:
+        # Inside `artfs run`: one run for the files the command reads and what SDK code in it
+        # uses and logs. `artfs run` closes it with the command's exit status.
+        record = reg.get_run(*joined)
+        record.shared = True
+        record.config.update(cfg)
+        reg.save_run(record)
+    elif record is None:
         record = reg.start_run(entity, project, job_type, run_id=id, **info)
     else:
         record.config.update(cfg)
         reg.save_run(record)
-    return Run(reg, record, active=True, mode=mode)
+    return Run(reg, record, active=True, mode=mode, owned=joined is None)
