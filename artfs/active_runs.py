@@ -14,9 +14,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import config
-from .names import check_name
+from .names import check_name, parse_ref
 
 #: What `artfs run` tells its command: the run it is in ("entity/project/id")...
 RUN_ENV = "ARTFS_RUN_ID"
@@ -113,3 +114,17 @@ def from_environment(registry_url: str) -> tuple[str, str, str] | None:
     entity, project, run_id = parts
     return (check_name(entity, "entity"), check_name(project, "project"),
             check_name(run_id, "run id"))
+
+
+def commit_lineage(inputs: list[str], job_type: str) -> dict[str, Any]:
+    """What `artfs commit` tells the mount about lineage: the inputs it names (qualified with
+    this process's default entity and project, which the mount's may differ from), the job
+    type of the commit's run, and the `artfs run` it is inside, if any."""
+    check_name(job_type, "job type")
+    qualified = [parse_ref(spec, entity=config.default_entity(),
+                           project=config.default_project()).qualified for spec in inputs]
+    request: dict[str, Any] = {"inputs": qualified, "job_type": job_type}
+    if os.environ.get(RUN_ENV):
+        request["run"] = os.environ[RUN_ENV]
+        request["run_registry"] = os.environ.get(REGISTRY_ENV)
+    return request

@@ -45,7 +45,7 @@ from .errors import ArtfsError
 from .hashing import CHUNK, stat_key
 from .manifest import Entry, Manifest, walk_tree
 from .names import LATEST, ArtifactRef, check_name, is_name
-from .registry import CommitResult, Registry, Source, Version
+from .registry import CommitResult, Registry, RunRecord, Source, Version
 
 #: Row id of the staging folder itself, as in a version index.
 ROOT = 1
@@ -827,10 +827,16 @@ def commit(
     metadata: dict[str, Any] | None = None,
     force: bool = False,
     before_commit: Callable[[], None] | None = None,
+    run: RunRecord | None = None,
+    job_type: str = "commit",
+    inputs: Iterable[Version] = (),
 ) -> Committed:
     """Turn the area's published files, as one `snapshot` saw them, into one new version (or
     none when nothing changed), then rebase it. Writers may go on meanwhile: what they publish
     later is compared with the new version afterwards.
+
+    The version is logged by `run` (the `artfs run` the command came from), else by a run of
+    its own of `job_type`; `inputs` are recorded as that run's inputs.
 
     Files hashed while they were written are stored by digest without being read (on a local
     registry on the same disk they are hard-linked into the blob store); the others are passed
@@ -887,15 +893,21 @@ def commit(
         registry.put_blob_files(e, hashed, move=True)
     finally:
         shutil.rmtree(links, ignore_errors=True)
-    run = registry.start_run(e, p, "commit")
+    own_run = run is None
+    if run is None:
+        run = registry.start_run(e, p, job_type)
+    for used in inputs:
+        registry.record_use(used, run)
     try:  # `before_commit` may cancel: the last moment at which nothing is committed yet
         result: CommitResult = registry.log_version(
             e, p, n, kind, sources, references, aliases=aliases, description=description,
             metadata=metadata, run=run, before_commit=before_commit)
     except BaseException:
-        registry.finish_run(run, failed=True)
+        if own_run:
+            registry.finish_run(run, failed=True)
         raise
-    registry.finish_run(run)
+    if own_run:
+        registry.finish_run(run)
     area.rebase(snap, result.version, registry.manifest(result.version))
     v = result.version
     if result.created:

@@ -100,3 +100,106 @@ def test_sdk_outside_artfs_run_starts_its_own_run(local_registry) -> None:
     subprocess.run([PY, "-c", "import sdk; sdk.init(job_type='alone').finish()"], env=env,
                    check=True)
     assert [r.state for r in _runs(local_registry, "alone")] == ["finished"]
+
+
+def _version(url: str, name: str, number: int):
+    reg = Registry(url)
+    try:
+        v = reg.version_record(ENTITY, PROJECT, name, number)
+        return v, [f"{r.entity}/{r.project}/{r.id}" for r in reg.used_by(v)]
+    finally:
+        reg.close()
+
+
+def _reading_outside(path: Path) -> subprocess.Popen:
+    """A process outside any run that keeps opening `path` until its stdin closes."""
+    return subprocess.Popen(
+        [PY, "-c", "import sys, select\n"
+                   f"while not select.select([sys.stdin], [], [], 0.01)[0]:\n"
+                   f"    open({str(path)!r}, 'rb').read()\n"],
+        stdin=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_a_run_records_what_its_process_tree_read_and_committed(
+        local_registry, commit_tree, mount, tmp_path: Path) -> None:
+    commit_tree("raw", {"data.txt": b"old"})
+    commit_tree("raw", {"data.txt": b"new", "more.txt": b"more"})  # latest is v1
+    commit_tree("other", {"x.bin": b"x"})
+    commit_tree("model", {"w.bin": b"w0"})
+    m = mount()
+    outside = _reading_outside(m.artifact("other") / "v0" / "x.bin")
+    script = (
+        f'cat "{m.artifact("raw")}/latest/data.txt" "{m.artifact("raw")}/latest/more.txt" '
+        f'> "{tmp_path}/copy" && '
+        f'(cat "{m.artifact("raw")}/v1/data.txt" > /dev/null) && '
+        f'printf trained > "{m.artifact("model")}/@staging/w.bin" && '
+        f'"{PY}" -m artfs.cli commit "{m.artifact("model")}"')
+    try:
+        r = artfs("run", "--job-type", "train", "--", "bash", "-c", script)
+    finally:
+        outside.communicate(timeout=30)
+    assert outside.returncode == 0 and "committed" in r.stdout
+    [run] = _runs(local_registry, "train")
+    path = f"{ENTITY}/{PROJECT}/{run.id}"
+    assert run.inputs == [f"{ENTITY}/{PROJECT}/raw:v1"]  # once, as the version latest named
+    assert run.outputs == [f"{ENTITY}/{PROJECT}/model:v1"] and run.state == "finished"
+    model, _ = _version(local_registry, "model", 1)
+    assert model.logged_by == path
+    assert _version(local_registry, "raw", 1)[1] == [path]
+    assert _version(local_registry, "raw", 0)[1] == []
+    assert _version(local_registry, "other", 0)[1] == []  # read, but outside the run
+    assert _runs(local_registry, "commit") == []  # the commit used the run, not its own
+
+
+@pytest.mark.slow
+def test_reads_through_a_mount_without_artfs_run_record_nothing(
+        local_registry, commit_tree, mount) -> None:
+    commit_tree("raw", {"data.txt": b"d"})
+    m = mount()
+    artfs("run", "--job-type", "elsewhere", "--", PY, "-c", "pass")  # a run that read nothing
+    assert (m.artifact("raw") / "v0" / "data.txt").read_bytes() == b"d"
+    assert _version(local_registry, "raw", 0)[1] == []
+    assert [r.inputs for r in _runs(local_registry)] == [[]]
+
+
+def _staged_commit(m, *args: str, check: bool = True):
+    (m.artifact("model") / "@staging" / "w.bin").write_bytes(b"trained")
+    return artfs("commit", str(m.artifact("model")), *args, check=check)
+
+
+@pytest.mark.slow
+def test_commit_input_and_job_type_name_the_lineage(local_registry, commit_tree, mount) -> None:
+    commit_tree("raw", {"data.txt": b"d"})
+    commit_tree("labels", {"l.txt": b"l"})
+    commit_tree("model", {"w.bin": b"w0"})
+    m = mount()
+    _staged_commit(m, "--input", "raw:v0", "--input", f"{PROJECT}/labels:latest",
+                   "--job-type", "fit")
+    [run] = _runs(local_registry, "fit")
+    assert run.inputs == [f"{ENTITY}/{PROJECT}/raw:v0", f"{ENTITY}/{PROJECT}/labels:v0"]
+    assert _version(local_registry, "model", 1)[0].logged_by == f"{ENTITY}/{PROJECT}/{run.id}"
+    assert _version(local_registry, "labels", 0)[1] == [f"{ENTITY}/{PROJECT}/{run.id}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, culprit", [
+    (["--input", "raw:v7"], "raw"),
+    (["--input", "nosuch:latest"], "nosuch"),
+    (["--input", "bad name!:v0"], "bad name!"),
+    (["--job-type", "no/slash"], "no/slash"),
+])
+def test_a_bad_commit_input_fails_before_anything_is_committed(
+        local_registry, commit_tree, mount, args, culprit) -> None:
+    commit_tree("raw", {"data.txt": b"d"})
+    commit_tree("model", {"w.bin": b"w0"})
+    m = mount()
+    r = _staged_commit(m, "--input", "raw:v0", *args, check=False)
+    assert r.returncode != 0 and culprit in r.stderr, r.stderr
+    reg = Registry(local_registry)
+    try:
+        assert reg.versions(ENTITY, PROJECT, "model") == [0]
+    finally:
+        reg.close()
+    assert _runs(local_registry) == [] and _version(local_registry, "raw", 0)[1] == []
+    assert (m.artifact("model") / "@staging" / "w.bin").read_bytes() == b"trained"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config, progress, staging
+from ..active_runs import commit_lineage
 from ..errors import ArtfsError, Cancelled
 from ..interrupts import Interrupted, cancel_on_signal
 from .ops import CONTROL_XATTR, PROGRESS_XATTR, RESULT_XATTR, XATTR_PREFIX
@@ -89,6 +90,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--force", action="store_true",
                    help="commit files that were being written when the mount stopped (shown "
                         "as A! or M! by `artfs diff`) as they are")
+    p.add_argument("--input", action="append", default=[], metavar="NAME:VER",
+                   help="a version the new one was made from (its lineage); repeat for several")
+    p.add_argument("--job-type", default="commit", help="job type of the commit's run "
+                   "(default: commit; inside `artfs run`, that run is used)")
     p.set_defaults(func=cmd_commit)
 
     p = sub.add_parser("diff", help="show files added (A), changed (M), removed (D) in staging")
@@ -272,7 +277,8 @@ def cmd_commit(args: argparse.Namespace) -> None:
     reply, interrupted = send_cancellable(
         folder, {"op": "commit", "aliases": args.alias, "type": args.type,
                  "description": args.description, "metadata": metadata, "wait": args.wait,
-                 "force": args.force}, quiet=args.quiet)
+                 "force": args.force, **commit_lineage(args.input, args.job_type)},
+        quiet=args.quiet)
     print(reply["message"] + (" (too late to cancel)" if interrupted else ""))
 
 

@@ -27,6 +27,7 @@ from .. import config, staging
 from ..errors import ArtifactNotFound
 from ..names import NAME_MAX, check_name, parse_version
 from ..registry import Registry
+from .attribution import Attribution
 from .inodes import VIEW_ROOT_ROW, InodeTable, Namespace, StagingArea, View
 from .reader import Handle, Reader, Unreadable
 from .staged import FileHandle, StagedFS
@@ -97,6 +98,7 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._mtimes: dict[int, int] = {}
         self.staged = StagedFS(registry, tree, reader, self.inodes, self._attrs)
+        self.attribution = Attribution(registry, tree.limiter)
         #: Artifacts whose read-only versions a write was refused in; logged once each.
         self._hinted: set[tuple[str, str, str]] = set()
 
@@ -392,6 +394,7 @@ class Operations(pyfuse3.Operations):
         row = await self._row(view, row_id)
         if row.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        await self.attribution.opened(ctx.pid, view)
         what = f"sha256 {row.digest}" if row.digest else "no recorded digest"
         where = f"{view.qualified} path {row.path!r} ({row.ref or 'stored'}, {what})"
         try:

@@ -47,6 +47,7 @@ from ..hashing import _kernel_copy
 from ..names import LATEST
 from ..registry import Registry
 from ..staging import ROOT, Node, Staging
+from .attribution import commit_lineage
 from .inodes import InodeTable, StagingArea
 from .reader import Handle, LocalHandle, Reader, Unreadable
 from .tree import Row, Tree, TTLCache
@@ -984,12 +985,14 @@ class StagedFS:
         own = Staging(self.registry.url, area.entity, area.project, area.name)
         request_id = str(request.get("id"))
         try:
+            run, inputs = commit_lineage(self.registry, request)
             with progress.track() as self._progress[request_id]:
                 return staging.commit(
                     self.registry, own, aliases=request.get("aliases") or (),
                     type_=request.get("type"), description=request.get("description"),
                     metadata=request.get("metadata"), force=bool(request.get("force")),
-                    before_commit=partial(self._unless_cancelled, request_id, area))
+                    before_commit=partial(self._unless_cancelled, request_id, area),
+                    run=run, job_type=request.get("job_type") or "commit", inputs=inputs)
         finally:
             self._progress.pop(request_id, None)
             own.close()
