@@ -37,21 +37,25 @@ class Row:
 
     def meets_target(self) -> bool | None:
         """Whether the row meets its target; None where it states none. A target reads
-        `<= 2.0` (the ratio) or `<= 2 s` (our own time); text after it is a comment. A row
-        whose measurement failed (NaN) misses its target."""
+        `<= 2.0` (the ratio) or `<= 2 s` / `<= 512 MiB` (our own value, in the row's unit);
+        text after it is a comment. A row whose measurement failed (NaN) misses its target."""
         m = _TARGET.match(self.target)
         if m is None:
             return None
         op, limit, unit = m.group(1), float(m.group(2)), m.group(3)
-        value = self.ours if unit == "s" else self.ratio
+        if unit not in (None, "x", self.unit):
+            return False  # a target in another unit than the row's value cannot be met
+        value = self.ratio if unit in (None, "x") else self.ours
         if math.isnan(value):
             return False
         return {"<=": value <= limit, "<": value < limit, ">=": value >= limit,
                 ">": value > limit}[op]
 
 
-#: `<op> <number>[x| s]` at the start of a target; see `Row.meets_target`.
-_TARGET = re.compile(r"^\s*(<=|<|>=|>)\s*([0-9]*\.?[0-9]+)\s*(x|s)?(?!\s*[A-Za-z/])")
+#: `<op> <number>[x| s| KiB| MiB| MB]` at the start of a target; see `Row.meets_target`. The
+#: number may not be cut short (`512 MiB` is never read as 51).
+_TARGET = re.compile(
+    r"^\s*(<=|<|>=|>)\s*([0-9]*\.?[0-9]+)(?![0-9.])\s*(x|s|KiB|MiB|MB)?(?!\s*[A-Za-z/])")
 
 
 def failed_row(name: str, ours: float, baseline_name: str, target: str, error: object) -> Row:
