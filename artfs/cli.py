@@ -113,6 +113,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         "version": v.label,
         **v.facts(),
         "versions": [f"v{n}" for n in reg.versions(v.entity, v.project, v.name)],
+        "inputs": _inputs(reg, v),
         "used_by": [f"{r.entity}/{r.project}/{r.id}" for r in reg.used_by(v)],
         "files": [
             {"path": e.path, "size": e.size, "digest": e.digest, "ref": e.ref}
@@ -132,11 +133,20 @@ def cmd_info(args: argparse.Namespace) -> None:
     if v.metadata:
         print(f"{'metadata:':13}{json.dumps(v.metadata)}")
     print(f"{'logged_by:':13}{v.logged_by or '-'}")
+    print(f"{'inputs:':13}{', '.join(info['inputs']) or '-'}")
     print(f"{'used_by:':13}{', '.join(info['used_by']) or '-'}")
     print("files:")
     for e in sorted(manifest.values(), key=lambda e: e.path):
         where = e.ref or e.digest
         print(f"  {e.path}\t{_human(e.size) if e.size is not None else '?'}\t{where}")
+
+
+def _inputs(reg: Registry, v: Version) -> list[str]:
+    """The versions the run that logged `v` used (`artfs run`, `commit --input`, the SDK)."""
+    if v.logged_by is None:
+        return []
+    run = reg.find_run(*v.logged_by.split("/"))
+    return list(run.inputs) if run is not None else []
 
 
 def _put_sources(raw: str) -> list[Source]:

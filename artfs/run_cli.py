@@ -1,5 +1,6 @@
 """`artfs run -- CMD`: run a command as a run whose inputs are the versions it reads through
-artfs mounts of the registry, and whose outputs are the versions it commits."""
+artfs mounts of the registry, and whose outputs are the versions it commits; `artfs lineage`
+shows the graph those runs make."""
 
 from __future__ import annotations
 
@@ -9,17 +10,22 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from . import active_runs, config
 from .active_runs import ActiveRun
 from .errors import ArtfsError
-from .registry import Registry
+from .names import parse_ref
+from .registry import Registry, RunRecord, Version
 
 #: What a shell answers for a command it cannot run (not found, not executable).
 CANNOT_RUN = 127
 #: `artfs run` without --job-type: the SDK's `init()` default, so both kinds of runs match.
 DEFAULT_JOB_TYPE = "train"
+#: `artfs lineage` follows this many runs each way unless told: a pipeline's usual reach.
+DEFAULT_DEPTH = 3
+INDENT = "  "
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -33,8 +39,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                         f"{DEFAULT_JOB_TYPE})")
     p.add_argument("--name", help="a display name for the run")
     p.add_argument("--config", help="a JSON object recorded as the run's config")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS…")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS…",
+                   help="the command to run, after --; its exit status is artfs run's")
     p.set_defaults(func=cmd_run)
+    add_lineage_command(sub, common)
 
 
 def _config(raw: str | None) -> dict[str, Any]:
@@ -99,3 +107,91 @@ def _run(command: list[str], env: dict[str, str]) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 128 - code if code < 0 else code
+
+
+def add_lineage_command(sub: argparse._SubParsersAction,
+                        common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("lineage", parents=[common],
+                       help="show where a version came from and what used it, as a tree")
+    p.add_argument("name", help="[entity/][project/]name[:version-or-alias]")
+    p.add_argument("--up", type=int, default=DEFAULT_DEPTH, metavar="N",
+                   help=f"runs to follow towards the inputs (default: {DEFAULT_DEPTH})")
+    p.add_argument("--down", type=int, default=DEFAULT_DEPTH, metavar="N",
+                   help=f"runs to follow towards the users (default: {DEFAULT_DEPTH})")
+    p.set_defaults(func=cmd_lineage)
+
+
+def cmd_lineage(args: argparse.Namespace) -> None:
+    if args.up < 0 or args.down < 0:
+        raise ArtfsError(f"--up and --down take a number of runs ≥ 0, not "
+                         f"{min(args.up, args.down)}")
+    reg = Registry(args.registry)
+    try:
+        version = reg.version(parse_ref(args.name,
+                                        entity=args.entity or config.default_entity(),
+                                        project=args.project or config.default_project()),
+                              with_aliases=False)
+        print(version.qualified)
+        graph = LineageGraph(reg)
+        for line in graph.up(version, args.up, 1):
+            print(line)
+        for line in graph.down(version, args.down, 1):
+            print(line)
+    finally:
+        reg.close()
+
+
+class LineageGraph:
+    """Walks runs and versions; each run is expanded once per direction (a version a run
+    both logged and used would otherwise loop)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._seen_up: set[str] = set()
+        self._seen_down: set[str] = set()
+
+    def _run(self, path: str) -> RunRecord | None:
+        entity, project, run_id = path.split("/")
+        return self.registry.find_run(entity, project, run_id)
+
+    def _version(self, qualified: str) -> Version:
+        entity, project, _ = qualified.split("/", 2)
+        return self.registry.version(parse_ref(qualified, entity=entity, project=project),
+                                     with_aliases=False)
+
+    def up(self, version: Version, depth: int, level: int) -> Iterator[str]:
+        """version ← the run that logged it ← that run's inputs ← …"""
+        if depth == 0 or version.logged_by is None:
+            return
+        pad = INDENT * level
+        run = self._run(version.logged_by)
+        if run is None:
+            yield f"{pad}made by run {version.logged_by} (record missing)"
+            return
+        yield f"{pad}made by run {_describe(run)}"
+        if version.logged_by in self._seen_up:
+            return
+        self._seen_up.add(version.logged_by)
+        for qualified in run.inputs:
+            yield f"{pad}{INDENT}from {qualified}"
+            yield from self.up(self._version(qualified), depth - 1, level + 2)
+
+    def down(self, version: Version, depth: int, level: int) -> Iterator[str]:
+        """version → the runs that used it → what they logged → …"""
+        if depth == 0:
+            return
+        pad = INDENT * level
+        for run in self.registry.used_by(version):
+            path = f"{run.entity}/{run.project}/{run.id}"
+            yield f"{pad}used by run {_describe(run)}"
+            if path in self._seen_down:
+                continue
+            self._seen_down.add(path)
+            for qualified in run.outputs:
+                yield f"{pad}{INDENT}made {qualified}"
+                yield from self.down(self._version(qualified), depth - 1, level + 2)
+
+
+def _describe(run: RunRecord) -> str:
+    name = f" {run.name!r}" if run.name else ""
+    return f"{run.entity}/{run.project}/{run.id}{name} ({run.job_type}, {run.state})"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import sdk
 from artfs.registry import Registry, init_registry
 from tests.mount_fixtures import ENTITY, PROJECT, artfs
 
@@ -203,3 +204,47 @@ def test_a_bad_commit_input_fails_before_anything_is_committed(
         reg.close()
     assert _runs(local_registry) == [] and _version(local_registry, "raw", 0)[1] == []
     assert (m.artifact("model") / "@staging" / "w.bin").read_bytes() == b"trained"
+
+
+def _pipeline(tmp_path: Path) -> dict[str, str]:
+    """raw → prep → clean → train → model → eval → report, logged with the SDK; run paths."""
+    (tmp_path / "f").write_text("f")
+    runs = {}
+    steps = [("prep", None, "raw"), ("prep", "raw:v0", "clean"), ("train", "clean:v0", "model"),
+             ("eval", "model:v0", "report")]
+    for job, used, made in steps:
+        with sdk.init(job_type=job, name=f"{job}-{made}") as run:
+            if used:
+                run.use_artifact(used)
+            art = sdk.Artifact(made, type="data")
+            art.add_file(str(tmp_path / "f"), name=made)
+            run.log_artifact(art)
+        runs[made] = f"{ENTITY}/{PROJECT}/{run.id}"
+    return runs
+
+
+def test_lineage_prints_the_graph_as_an_indented_tree(local_registry, tmp_path: Path) -> None:
+    runs = _pipeline(tmp_path)
+    q = f"{ENTITY}/{PROJECT}/"
+    out = artfs("lineage", "model:v0", "--up", "1", "--down", "2").stdout.splitlines()
+    assert out == [
+        f"{q}model:v0",
+        f"  made by run {runs['model']} 'train-model' (train, finished)",
+        f"    from {q}clean:v0",
+        f"  used by run {runs['report']} 'eval-report' (eval, finished)",
+        f"    made {q}report:v0",
+    ]
+    deep = artfs("lineage", "report:latest", "--down", "0").stdout
+    assert f"from {q}raw:v0" in deep and f"from {q}clean:v0" in deep and "used by" not in deep
+
+
+def test_info_lists_the_inputs_and_users_of_a_version(local_registry, tmp_path: Path) -> None:
+    runs = _pipeline(tmp_path)
+    out = artfs("info", "model:v0").stdout
+    assert f"inputs:      {ENTITY}/{PROJECT}/clean:v0\n" in out
+    assert f"used_by:     {runs['report']}\n" in out
+
+
+def test_lineage_refuses_a_negative_depth_naming_it(local_registry, tmp_path: Path) -> None:
+    r = artfs("lineage", "x:v0", "--up", "-2", check=False)
+    assert r.returncode == 1 and "-2" in r.stderr
