@@ -108,7 +108,11 @@ class ArtifactManifest(Mapping[str, Entry]):
 
 
 class Artifact:
-    """A W&B-style artifact: build it with `add_*`, log it with `Run.log_artifact`."""
+    """A W&B-style artifact: build it with `add_*`, log it with `Run.log_artifact`.
+
+    `incremental` and `use_as` are taken for W&B scripts and change nothing: every log here
+    already stores only what changed (and `new_draft()` starts from a version).
+    """
 
     def __init__(
         self,
@@ -598,7 +602,8 @@ class Artifact:
         return [e._entry for e in self.manifest.entries.values()]
 
     def files(self, names: list[str] | None = None, per_page: int = 50) -> list[Entry]:
-        """The entries, by path; only those in `names` when given."""
+        """The entries, by path; only those in `names` when given (`per_page` is W&B's
+        paging of a server request; the manifest here is read whole)."""
         entries = self.manifest.entries
         wanted = sorted(entries) if names is None else [n for n in names if n in entries]
         return [entries[p] for p in wanted]

@@ -3,6 +3,7 @@ contents, same digests, every byte still verified."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import shutil
 from collections.abc import Callable
@@ -57,6 +58,14 @@ def log_files(tmp_path: Path, name: str, files: dict[str, bytes]) -> sdk.Artifac
 def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def forget_cache(cache: Path) -> None:
+    """Another machine: nothing cached. Registries nobody holds any more are collected first:
+    one collected during the removal would close its SQLite connection and delete the WAL
+    file under rmtree."""
+    gc.collect()
+    shutil.rmtree(cache)
 
 
 def test_builder_closes_packs_at_the_target_and_stores_each_digest_once() -> None:
@@ -119,7 +128,7 @@ def test_many_small_files_go_up_as_a_few_packs_and_come_back_intact(
         assert local.digest == art.digest
     finally:
         reg.close()
-    shutil.rmtree(tmp_path / "cache")  # another machine: nothing cached, no pack locations
+    forget_cache(tmp_path / "cache")  # another machine: nothing cached, no pack locations
     got = sdk.Api().artifact("many:latest").download(tmp_path / "out")
     assert tree(Path(got)) == files
 
@@ -129,7 +138,7 @@ def test_a_new_version_reuses_packed_blobs_even_from_another_machine(
     url = remote
     files = small_files(200)
     log_files(tmp_path, "ds", files)
-    shutil.rmtree(tmp_path / "cache")  # the next log runs on a machine that knows nothing
+    forget_cache(tmp_path / "cache")  # the next log runs on a machine that knows nothing
     changed = dict(files, **{"d0/f0.bin": b"changed", "new.bin": b"new"})
     art = log_files(tmp_path, "ds", changed)
     assert art.version == "v1"
@@ -168,7 +177,7 @@ def test_a_corrupt_pack_fails_the_download_naming_the_entry_and_caches_nothing(
         reg.store.put(pack, b"aaaaBBBB")  # b.bin's bytes flipped in the bucket
     finally:
         reg.close()
-    shutil.rmtree(tmp_path / "cache")
+    forget_cache(tmp_path / "cache")
     with pytest.raises(IntegrityError, match="b.bin"):
         sdk.Api().artifact("ds:latest").download(tmp_path / "out")
     cached = [p for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
