@@ -1,7 +1,8 @@
 """Issue 15: versions of many small files — does a small change cost what it changes?
 
 One artifact of N files of 4 bytes in F folders (`--quick`: 10,000 in 100; full: 1,000,000 in
-1,000 as the issue asks; `ARTFS_BENCH_SCALE=100000` picks a middle size of 100,000 in 1,000)
+1,000 as the issue asks; `ARTFS_BENCH_SCALE=100000` picks a middle size of 100,000 in 100, the
+full size's 1,000 files per folder)
 next to one of 1,000 files, both logged by `artfs put` to a local registry, then a mount.
 Every row compares against a baseline measured in the same run, the issue's targets beside:
 
@@ -42,7 +43,7 @@ MIB = 1024**2
 
 
 def _sizes(quick: bool) -> tuple[int, int, int]:
-    """(files, folders, runs)."""
+    """(files, folders, runs); below the full size, 1,000 files per folder as at full size."""
     if quick:
         return 10_000, 100, 3
     n = int(os.environ.get("ARTFS_BENCH_SCALE", "1000000"))

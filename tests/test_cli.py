@@ -73,6 +73,35 @@ def test_put_of_a_missing_path_names_it_and_changes_nothing(
     assert registry_keys(registry_url) == before
 
 
+def test_put_folder_keeps_linked_files_and_leaves_linked_folders_out(
+    registry_url: str, data: Path, tmp_path: Path, capsys
+) -> None:
+    """As `add_dir`: a link to a file is that file's bytes; a link to a folder is not walked
+    (it could loop or pull in a whole other tree)."""
+    (tmp_path / "outside.txt").write_text("outside")
+    (data / "linked.txt").symlink_to(tmp_path / "outside.txt")
+    (data / "linked-dir").symlink_to(data / "sub")
+    code, _, _ = artfs(capsys, "put", str(data), "--name", "ds", "--type", "dataset")
+    assert code == 0
+    files = {e.path: e.size for e in sdk.Api().artifact("ds").files()}
+    assert files == {"a.txt": 1, "linked.txt": 7, "sub/b.txt": 2}
+
+
+@pytest.mark.parametrize("kind", ["dangling-symlink", "fifo"])
+def test_put_folder_with_an_unreadable_entry_names_it_and_changes_nothing(
+    registry_url: str, data: Path, capsys, kind: str
+) -> None:
+    bad = data / "sub" / "zz-bad"
+    if kind == "fifo":
+        os.mkfifo(bad)
+    else:
+        bad.symlink_to(data / "gone")
+    before = registry_keys(registry_url)
+    code, _, err = artfs(capsys, "put", str(data), "--name", "ds", "--type", "dataset")
+    assert code == 1 and "zz-bad" in err and "not a regular file" in err
+    assert registry_keys(registry_url) == before
+
+
 def test_put_of_two_files_with_one_name_is_refused(
     registry_url: str, data: Path, tmp_path: Path, capsys
 ) -> None:

@@ -22,8 +22,7 @@ from .. import config, progress, staging
 from ..active_runs import commit_lineage
 from ..errors import ArtfsError, Cancelled
 from ..interrupts import Interrupted, cancel_on_signal
-from .ops import CONTROL_XATTR, PROGRESS_XATTR, RESULT_XATTR, XATTR_PREFIX
-from .tree import STAGING_NAME
+from .protocol import CONTROL_XATTR, PROGRESS_XATTR, RESULT_XATTR, STAGING_NAME, XATTR_PREFIX
 
 #: How often `artfs commit` asks the mount how far the commit has got.
 PROGRESS_POLL_S = 0.2

@@ -29,9 +29,10 @@ from ..names import NAME_MAX, check_name, parse_version
 from ..registry import Registry
 from .attribution import Attribution
 from .inodes import VIEW_ROOT_ROW, InodeTable, Namespace, StagingArea, View
+from .protocol import CONTROL_XATTR, PROGRESS_XATTR, RESULT_XATTR, STAGING_NAME, XATTR_PREFIX
 from .reader import Handle, Reader, Unreadable
 from .staged import FileHandle, StagedFS
-from .tree import READDIR_PAGE, STAGING_NAME, Row, Tree, VersionIndex
+from .tree import READDIR_PAGE, Row, Tree, VersionIndex
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,6 @@ NAMESPACE_TTL_S = 1.0
 #: Hints `cp` and friends to read in 1 MiB chunks, the largest FUSE read request.
 BLKSIZE = 1024 * 1024
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT
-XATTR_PREFIX = "user.artfs."
-#: `artfs commit/discard/stage` send their request as this attribute of the staging folder...
-CONTROL_XATTR = XATTR_PREFIX + "control"
-#: ...and read the reply from this one, suffixed with the request id.
-RESULT_XATTR = XATTR_PREFIX + "result."
-#: ...and how far a running commit has got from this one (bytes moved and expected).
-PROGRESS_XATTR = XATTR_PREFIX + "progress."
 DIR_MODE = stat.S_IFDIR | 0o755
 FILE_MODE = stat.S_IFREG | 0o644
 

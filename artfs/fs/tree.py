@@ -37,9 +37,6 @@ LISTING_TTL_S = 1.0
 READDIR_PAGE = 1000
 #: Bump when the index schema changes; old files are then rebuilt under a new name.
 INDEX_FORMAT = 1
-#: The per-artifact staging folder; '@' cannot occur in any name, so no version or alias can
-#: take it.
-STAGING_NAME = "@staging"
 
 T = TypeVar("T")
 
