@@ -67,6 +67,10 @@ class NotARegistry(ArtfsError):
     """A registry location that exists but holds something other than an artfs registry."""
 
 
+class RegistryTooNew(ArtfsError):
+    """A registry whose marker says a newer artfs wrote records this one cannot read."""
+
+
 class RegistryMissing(NotARegistry):
     """A registry location with nothing there yet: `artfs init` creates a registry on purpose."""
 

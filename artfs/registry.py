@@ -18,7 +18,14 @@ from .blobs import Blobs, Source, check_unique
 from .cache import LocalCache
 from .catalog import Catalog
 from .commits import Committer
-from .errors import ArtifactNotFound, CorruptRecord, KeyNotFound, NotARegistry, RegistryMissing
+from .errors import (
+    ArtifactNotFound,
+    CorruptRecord,
+    KeyNotFound,
+    NotARegistry,
+    RegistryMissing,
+    RegistryTooNew,
+)
 from .hashing import HashCache
 from .lineage import Lineage
 from .manifest import Entry, Manifest
@@ -113,6 +120,13 @@ class Registry:
             raise NotARegistry(f"{self.url} is not an artfs registry: {e}") from e
         if doc.get("format") != MARKER["format"]:
             raise NotARegistry(f"{self.url} is not an artfs registry ({MARKER_KEY} says otherwise)")
+        # Checked before any read so that a later format (docs/ARCHITECTURE.md, issue 15) is
+        # refused by name rather than reported as a missing or corrupt manifest.
+        version = doc.get("version", 1)
+        if not isinstance(version, int) or version > MARKER["version"]:
+            raise RegistryTooNew(
+                f"{self.url} is an artfs registry of version {version!r}, newer than this artfs "
+                f"reads ({MARKER['version']}); upgrade artfs to use it")
 
     def close(self) -> None:
         self.store.close()

@@ -24,6 +24,7 @@ from artfs.errors import (
     InvalidName,
     InvalidPath,
     NotARegistry,
+    RegistryTooNew,
     SourceError,
     TypeMismatch,
 )
@@ -300,6 +301,24 @@ def test_file_is_not_taken_for_a_registry(tmp_path: Path) -> None:
     with pytest.raises(NotARegistry, match="notes.txt"):
         sdk.Api(registry=str(tmp_path / "notes.txt"))
     assert (tmp_path / "notes.txt").read_text() == "hi"
+
+
+@pytest.mark.parametrize("version", [2, "2"])
+def test_registry_of_a_newer_version_is_refused_by_name(registry: Registry, registry_url: str,
+                                                        tmp_path: Path, version: object) -> None:
+    """A later artfs may store manifests this one cannot read: it says so instead of calling
+    them missing or corrupt, and writes nothing."""
+    newer = json.dumps({"format": "artfs-registry", "version": version}).encode()
+    registry.store.put("registry.json", newer)
+    before = registry_keys(registry_url)
+    (tmp_path / "a.txt").write_text("a")
+    with pytest.raises(RegistryTooNew, match=f"{registry.url}.*version.*upgrade artfs"):
+        with sdk.init(job_type="test", registry=registry.url) as run:
+            art = sdk.Artifact("ds", type="dataset")
+            art.add_file(tmp_path / "a.txt")
+            run.log_artifact(art)
+    assert registry_keys(registry_url) == before
+    assert registry.store.get("registry.json") == newer
 
 
 def test_registry_with_a_foreign_marker_is_refused(registry: Registry, registry_url: str,
