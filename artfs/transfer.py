@@ -16,15 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import progress, refs
-from .blobs import Origin
 from .errors import (
-    IntegrityError,
     InvalidPath,
     ReferenceChanged,
     SourceError,
     VerificationError,
 )
-from .hashing import SMALL_FILE, copy_and_hash, copy_file, stat_key
+from .hashing import SMALL_FILE, copy_and_hash, stat_key
 from .manifest import Entry
 from .names import NAME_MAX, check_entry_path
 from .registry import Registry, Version
@@ -168,15 +166,9 @@ def _fetch_all(registry: Registry, version: Version, todo: list[tuple[Entry, Pat
                     return
             else:
                 assert entry.digest is not None
-                what = f"entry {entry.path} of {version.qualified}"
-                blobs = registry.blobs
-                loc = blobs.locate(version.entity, entry.digest, entry.size or 0, stream_above)
-                if loc.origin is Origin.STREAM:
-                    blobs.fetch_direct(loc, entry.digest, tmp, what)
-                else:
-                    src = (loc.path if loc.origin is Origin.CACHED
-                           else blobs.blob_file(version.entity, entry.digest, what))
-                    _copy_verified(registry, src, tmp, entry, version)
+                registry.blobs.copy_to(version.entity, entry.digest, entry.size or 0, tmp,
+                                       f"entry {entry.path} of {version.qualified}",
+                                       stream_above=stream_above)
             os.rename(tmp, dest)
             st = os.stat(dest)
         finally:
@@ -195,33 +187,6 @@ def _fetch_all(registry: Registry, version: Version, todo: list[tuple[Entry, Pat
                     pass
     finally:
         registry.hashes.record(written)
-
-
-def _copy_verified(
-    registry: Registry, src: Path, dest: Path, entry: Entry, version: Version
-) -> None:
-    """Copy a blob file, hashing it unless this machine hashed that very inode before.
-
-    A large blob whose (size, mtime, inode, ctime) are unchanged since it was verified is
-    copied by the kernel alone: any write to it, even one that restores its mtime, changes its
-    ctime. That halves the time to download a 1 GiB file from a local registry.
-    """
-    assert entry.digest is not None
-    big = (entry.size or 0) > SMALL_FILE
-    if big:
-        st = os.stat(src)
-        key = str(src)
-        if registry.hashes.lookup([(key, stat_key(st))]).get(key) == entry.digest:
-            copy_file(src, dest)
-            return
-    digest, st = copy_and_hash(src, dest)
-    if digest != entry.digest:
-        raise IntegrityError(
-            f"blob {entry.digest} of {version.qualified} (entry {entry.path}) is "
-            f"corrupt in {registry.url}: its bytes hash to {digest}"
-        )
-    if big:
-        registry.hashes.record([(str(src), st, digest)])
 
 
 def verify(version: Version, entries: Iterable[Entry], root: Path) -> None:
