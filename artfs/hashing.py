@@ -184,13 +184,15 @@ class HashCache:
         """Digests of the given (absolute path, stat key) pairs whose stat key is unchanged.
 
         Many paths share a folder: one range scan over their common prefix is several times
-        cheaper than batches of `IN (...)` lookups.
+        cheaper than batches of `IN (...)` lookups. Every string between the least and the
+        greatest path starts with their common prefix, so those two give it (commonpath over
+        all of them split every path: 5 µs a file).
         """
         wanted = dict(items)
         if not wanted:
             return {}
         if len(wanted) > 64:
-            lo = os.path.commonpath(list(wanted))
+            lo = os.path.commonprefix([min(wanted), max(wanted)])
             rows = self._db.execute(
                 "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM files"
                 " WHERE path >= ? AND path < ?", (lo, lo + "\U0010ffff"))
