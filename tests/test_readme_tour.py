@@ -40,6 +40,7 @@ def fresh_home(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
 def test_readme_tour_runs_verbatim(fresh_home: tuple[Path, dict[str, str]]) -> None:
     home, env = fresh_home
     script = "set -euxo pipefail\n" + tour_block()
+    repo_before = _repo_status()
     proc = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, f"the tour failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
@@ -53,6 +54,12 @@ def test_readme_tour_runs_verbatim(fresh_home: tuple[Path, dict[str, str]]) -> N
         "README.txt", "images/cat.png", "images/dog.png"]
     assert not os.path.ismount(tour / "mnt")
     assert not (home / ".local" / "share" / "artfs").exists()  # the embedded registry: untouched
+    assert _repo_status() == repo_before  # nothing written into the checkout it runs from
+
+
+def _repo_status() -> str:
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout
 
 
 def test_make_mount_installs_only_what_the_mount_needs() -> None:
