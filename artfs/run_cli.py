@@ -73,8 +73,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     assert start is not None, "/proc/self/stat is always readable"
     announced = active_runs.register(
         reg.url, ActiveRun(record.entity, record.project, record.id, me, start))
+    # The run's registry becomes CMD's default, so SDK code in it joins the run.
     env = {**os.environ, active_runs.RUN_ENV: f"{record.entity}/{record.project}/{record.id}",
-           active_runs.REGISTRY_ENV: reg.url}
+           active_runs.REGISTRY_ENV: reg.url, "ARTFS_REGISTRY": reg.url}
     code = CANNOT_RUN
     try:
         code = _run(command, env)

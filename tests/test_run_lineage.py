@@ -48,11 +48,14 @@ def test_run_returns_the_exit_status_and_closes_the_run_with_it(local_registry) 
     assert [r.state for r in _runs(local_registry, "killed")] == ["failed"]
 
 
-def test_run_tells_the_command_its_run(local_registry) -> None:
-    out = artfs("run", "--job-type", "env", "--", PY, "-c",
-                "import os; print(os.environ['ARTFS_RUN_ID'])").stdout.strip()
+def test_run_tells_the_command_its_run_and_registry(local_registry, monkeypatch,
+                                                    tmp_path: Path) -> None:
+    monkeypatch.setenv("ARTFS_REGISTRY", str(tmp_path / "elsewhere"))
+    out = artfs("run", "--registry", local_registry, "--job-type", "env", "--", PY, "-c",
+                "import os; print(os.environ['ARTFS_RUN_ID'], os.environ['ARTFS_REGISTRY'])"
+                ).stdout.split()
     [run] = _runs(local_registry, "env")
-    assert out == f"{ENTITY}/{PROJECT}/{run.id}"
+    assert out == [f"{ENTITY}/{PROJECT}/{run.id}", local_registry]
 
 
 def test_a_command_that_cannot_run_fails_naming_it_and_the_run_is_failed(local_registry) -> None:
