@@ -516,7 +516,8 @@ class Staging:
             os.write(fd, data)
         finally:
             os.close(fd)
-        published = self.publish(node.id, draft, hashlib.sha256(data).hexdigest())
+        self.publish(node.id, draft, hashlib.sha256(data).hexdigest())
+        published = self.node(node.id)
         assert published is not None
         return published
 
@@ -555,23 +556,23 @@ class Staging:
             raise
         return Node(node_id, parent, name, "local", 0, now, mode, None, None, None), fd, draft
 
-    def publish(self, node_id: int, draft: Path, digest: str | None) -> Node | None:
+    def publish(self, node_id: int, draft: Path, digest: str | None) -> bool:
         """Make a finished draft the node's bytes (one row update; the draft file is not
-        moved). None when the node is gone meanwhile: the caller deletes the draft."""
+        moved). False when the node is gone meanwhile: the caller deletes the draft."""
         s = os.stat(draft)
         with self.transaction():
-            old = self.node(node_id)
-            if old is None or old.is_dir:
-                return None
+            old = self.db.execute("SELECT kind, content FROM nodes WHERE id=?",
+                                  (node_id,)).fetchone()
+            if old is None or old[0] == "dir":
+                return False
             self.db.execute(
                 "UPDATE nodes SET kind='local', content=?, size=?, digest=?, ref=NULL,"
                 " extra=NULL, mtime_ns=?, ctime_ns=?, interrupted=NULL WHERE id=?",
-                (draft.name, s.st_size, digest, s.st_mtime_ns, max(s.st_ctime_ns, _now()),
-                 node_id))
+                (draft.name, s.st_size, digest, s.st_mtime_ns, _now(), node_id))
             self._touch()
-        if old.kind == "local" and old.content and old.content != draft.name:
-            self._delete(self.file(old))
-        return self.node(node_id)
+        if old[0] == "local" and old[1] and old[1] != draft.name:
+            self._delete(self.files / old[1])
+        return True
 
     def mkdir(self, parent: int, name: str, mode: int = DIR_MODE) -> Node:
         with self.transaction():

@@ -46,7 +46,8 @@ def _write(area: Staging, parent: int, name: str, data: bytes,
         os.write(fd, data)
     finally:
         os.close(fd)
-    published = area.publish(node.id, draft, digest)
+    assert area.publish(node.id, draft, digest)
+    published = area.node(node.id)
     assert published is not None
     return published
 
@@ -55,7 +56,8 @@ def _rewrite(area: Staging, node: Node, data: bytes) -> Node:
     """What a mount does for a writer of an existing file: a draft, published on close."""
     draft = area.new_draft(node.id)
     draft.write_bytes(data)
-    published = area.publish(node.id, draft, None)
+    assert area.publish(node.id, draft, None)
+    published = area.node(node.id)
     assert published is not None
     return published
 
@@ -312,5 +314,5 @@ def test_a_new_file_never_closed_is_not_committed(reg, tmp_path) -> None:
     assert "writing.bin" not in area.tree()
     done = staging.commit(reg, area)
     assert not done.created and "nothing to commit" in done.message
-    assert area.publish(node.id, draft, None) is not None  # its writer closes it
+    assert area.publish(node.id, draft, None)  # its writer closes it
     assert area.diff().added == ["writing.bin"]

@@ -669,7 +669,7 @@ class StagedFS:
             session.finished.set()
 
     def _publish(self, st: AreaState, session: OpenBytes) -> None:
-        if st.staging.publish(session.node_id, session.path, session.digest) is None:
+        if not st.staging.publish(session.node_id, session.path, session.digest):
             session.path.unlink(missing_ok=True)  # removed meanwhile
         session.state = PUBLISHED
         self._forget(st, session)
