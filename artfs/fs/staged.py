@@ -663,10 +663,12 @@ class StagedFS:
             else:
                 self._publish(st, session)
         except BaseException:
-            self._drop(st, session)
+            session.state = OPEN  # kept: the next release (or writer) finishes it again
             raise
         finally:
             session.finished.set()
+            if session.state == OPEN:
+                session.finished = trio.Event()
 
     def _publish(self, st: AreaState, session: OpenBytes) -> None:
         if not st.staging.publish(session.node_id, session.path, session.digest):
@@ -722,16 +724,15 @@ class StagedFS:
             b.state = OPEN
             return b
         node = st.staging.node(handle.node_id)
-        self._detach(st, handle)
-        self._close_unused(st, b)
-        if node is None:  # removed: a private copy nobody will publish
+        if node is None:  # removed: a private copy of its bytes, which nobody will publish
             path = st.staging.new_draft(handle.node_id)
             fd = await self.blocking(_new_file, path)
-            if b.fd >= 0:
-                await self.blocking(_kernel_copy, b.fd, fd, os.fstat(b.fd).st_size)
+            await self.blocking(_kernel_copy, b.fd, fd, os.fstat(b.fd).st_size)
             new = OpenBytes(handle.node_id, path, fd, OPEN, changed=True)
         else:
             new = await self._session(handle.area, st, node, copy=True, detach=False)
+        self._detach(st, handle)
+        self._close_unused(st, b)
         return self._attach(st, handle, new).bytes  # type: ignore[return-value]
 
     # -- files -------------------------------------------------------------------------------
