@@ -235,6 +235,10 @@ async def _running(session: OpenBytes) -> str | None:
     """The SHA-256 of a session's bytes when they were all written in order, else None."""
     async with session.lock:
         run = session.hash
+        if run is None and session.state != OPEN:
+            # Finished while we waited for the lock (a getxattr racing the release that
+            # follows a `cp`): the hash is spent, its digest is the session's.
+            return session.digest
         if run is None or run.length != os.fstat(session.fd).st_size:
             return None
         return await run.hexdigest()
