@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import keys
-from .errors import ArtifactNotFound, CorruptRecord, KeyNotFound, TypeMismatch
+from .errors import ArtifactDeleted, ArtifactNotFound, CorruptRecord, KeyNotFound, TypeMismatch
 from .manifest import Manifest, is_sha256
 from .names import LATEST, ArtifactRef, check_alias, check_name
 from .records import Version, check_metadata, decode, encode, now_iso
@@ -44,9 +44,28 @@ class Catalog:
         return str(doc.get("type"))
 
     def versions(self, entity: str, project: str, name: str) -> list[int]:
+        """The live versions: every number taken, less the deleted (one listing for both)."""
+        taken, deleted = self._numbers(entity, project, name)
+        return sorted(set(taken) - deleted)
+
+    def taken_versions(self, entity: str, project: str, name: str) -> list[int]:
+        """Every number ever taken, deleted ones included: numbers are never reused."""
+        return self._numbers(entity, project, name)[0]
+
+    def deleted_versions(self, entity: str, project: str, name: str) -> set[int]:
+        return self._numbers(entity, project, name)[1]
+
+    def _numbers(self, entity: str, project: str, name: str) -> tuple[list[int], set[int]]:
         art = keys.artifact(entity, project, name)
-        numbers = (art.version_number(key) for key in self.store.list(art.versions))
-        return sorted(n for n in numbers if n is not None)
+        taken: list[int] = []
+        deleted: set[int] = set()
+        for key in self.store.list(art.versions):
+            n = art.version_number(key)
+            if n is not None:
+                taken.append(n)
+            elif (n := art.tombstone_number(key)) is not None:
+                deleted.add(n)
+        return sorted(taken), deleted
 
     def aliases(self, entity: str, project: str, name: str) -> dict[str, int]:
         """alias → version number, for one artifact."""
@@ -100,12 +119,19 @@ class Catalog:
             raise CorruptRecord(f"alias record {key} has no version number")
         return v
 
-    def version(self, ref: ArtifactRef, *, with_aliases: bool = True) -> Version:
+    def version(self, ref: ArtifactRef, *, with_aliases: bool = True,
+                include_deleted: bool = False) -> Version:
+        """The live version `ref` names; ArtifactDeleted (when, by whom) for a deleted one,
+        unless `include_deleted` (lineage: a record naming it stays readable)."""
         number = self.resolve(ref)
         try:
             v = self.version_record(ref.entity, ref.project, ref.name, number)
         except KeyNotFound:
             raise self.not_found(ref) from None
+        if v.deleted and not include_deleted:
+            via = f" (named by {ref.qualified})" if ref.version is None else ""
+            raise ArtifactDeleted(f"{v.qualified}{via} was deleted at {v.deleted_at} by "
+                                  f"{v.deleted_by or 'unknown'}")
         if with_aliases:
             v.aliases = sorted(
                 a for a, n in self.aliases(ref.entity, ref.project, ref.name).items() if n == number
@@ -148,7 +174,11 @@ class Catalog:
                 description=meta.get("description", doc.get("description")),
                 metadata=dict(meta.get("metadata", doc.get("metadata")) or {}),
                 updated_at=str(meta.get("updated_at") or doc["created_at"]),
+                expires_at=meta.get("expires_at"),
             )
+            if isinstance(doc.get("deleted"), dict):
+                v.deleted_at = str(doc["deleted"].get("at"))
+                v.deleted_by = doc["deleted"].get("by")
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptRecord(f"version record {key} is missing {e}") from e
         if doc.get("version") != number or not is_sha256(v.digest):
@@ -176,8 +206,10 @@ class Catalog:
 
     def find_version_with_digest(self, art: keys.ArtifactKeys, digest: str) -> int | None:
         for key in self.store.list(art.versions):
+            if art.version_number(key) is None:
+                continue
             doc = decode(self.store.get(key), f"version record {key}")
-            if doc.get("digest") == digest:
+            if doc.get("digest") == digest and "deleted" not in doc:
                 return int(doc["version"])
         return None
 
@@ -247,17 +279,21 @@ class Catalog:
         description: str | None,
         metadata: dict[str, Any],
         aliases: list[str],
+        expires_at: str | None = None,
     ) -> Version:
         """Save the editable parts of a version: description, metadata and its aliases.
 
         Only the aliases added to or removed from `version.aliases` (as loaded) are written, so
-        saving a stale handle never drags `latest` back from a newer version.
+        saving a stale handle never drags `latest` back from a newer version. `expires_at` (an
+        ISO time, W&B's TTL) is kept with them; None means the version never expires.
         """
         aliases = [check_alias(a) for a in aliases]
         art = keys.artifact(version.entity, version.project, version.name)
         check_metadata(version.qualified, description, metadata)
-        self.store.put(art.meta(version.version), encode(
-            {"description": description, "metadata": metadata, "updated_at": now_iso()}))
+        meta = {"description": description, "metadata": metadata, "updated_at": now_iso()}
+        if expires_at is not None:
+            meta["expires_at"] = expires_at
+        self.store.put(art.meta(version.version), encode(meta))
         for alias in set(version.aliases) - set(aliases):
             key = art.alias(alias)
             try:

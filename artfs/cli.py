@@ -262,6 +262,28 @@ def cmd_alias(args: argparse.Namespace) -> None:
     print(f"{args.alias} → {v.qualified}")
 
 
+def cmd_delete(args: argparse.Namespace) -> None:
+    reg = _registry(args)
+    ref = _ref(args, args.name)
+    if args.all:
+        if ":" in args.name:
+            raise ArtfsError(f"--all deletes a whole artifact: give ENTITY/PROJECT/NAME without "
+                             f"a version, not {args.name!r}")
+        if reg.artifact_type(ref.entity, ref.project, ref.name) is None:
+            raise reg.not_found(ref)
+        gone = reg.delete_artifact(ref.entity, ref.project, ref.name)
+        print(f"deleted {_count(len(gone), 'version')} of {ref.entity}/{ref.project}/{ref.name}"
+              f"{': ' + ', '.join(v.label for v in gone) if gone else ''}; "
+              "`artfs gc` frees their bytes")
+        return
+    if ":" not in args.name:
+        raise ArtfsError(f"say which version of {args.name} to delete (NAME:vN or NAME:alias), "
+                         "or --all for every version")
+    v = reg.delete_version(ref, delete_aliases=args.delete_aliases)
+    print(f"deleted {v.qualified}{' and its aliases ' + ', '.join(v.aliases) if v.aliases else ''}"
+          "; `artfs gc` frees its bytes")
+
+
 def cmd_cache(args: argparse.Namespace) -> None:
     # The cache is this machine's, shared by every registry: no registry needs to exist.
     cache = LocalCache()
@@ -362,6 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alias", help="the alias to set (moved if it points elsewhere)")
     p.add_argument("--delete", action="store_true", help="remove the alias instead")
     p.set_defaults(func=cmd_alias)
+
+    p = sub.add_parser("delete", parents=[common],
+                       help="delete a version (or a whole artifact); `artfs gc` frees the bytes")
+    p.add_argument("name", help="[entity/][project/]name:vN (or :alias); with --all, the name")
+    p.add_argument("--delete-aliases", action="store_true",
+                   help="also remove the version's aliases (required when it has any; latest "
+                   "moves to the newest remaining version)")
+    p.add_argument("--all", action="store_true", help="delete every version of the artifact")
+    p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("cache", parents=[common],
                        help="show or empty this machine's cache (ARTFS_CACHE_DIR)")

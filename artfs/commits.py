@@ -90,7 +90,7 @@ class Committer:
             "metadata": metadata or {},
         }
         try:
-            number = (self.catalog.versions(entity, project, name) or [-1])[-1] + 1
+            number = (self.catalog.taken_versions(entity, project, name) or [-1])[-1] + 1
             while True:
                 record["version"] = number
                 if self.store.put_if_absent(art.version(number), encode(record)):

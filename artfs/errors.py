@@ -23,6 +23,22 @@ class ArtifactNotFound(ArtfsError, LookupError):
     """A name, version or alias that does not exist; the message lists what does."""
 
 
+class ArtifactDeleted(ArtifactNotFound):
+    """A version (or an alias left on one) that was deleted; the message says when and by whom."""
+
+
+class VersionHasAliases(ArtfsError, ValueError):
+    """Deleting a version that aliases still name, without consent to remove them (W&B)."""
+
+
+class GcBusy(ArtfsError):
+    """Another garbage collection of the same registry is running."""
+
+
+class InvalidDuration(ArtfsError, ValueError):
+    """A duration (--grace, a TTL) that cannot be read, e.g. not `30d` or `12h`."""
+
+
 class TypeMismatch(ArtfsError):
     """An artifact name logged again with another type."""
 
@@ -81,6 +97,10 @@ class StoreError(ArtfsError):
 
 class AccessDenied(StoreError):
     """The store refused the operation for the credentials in use."""
+
+
+class CollectedUnderCommit(StoreError):
+    """Blobs a commit reused were removed by a garbage collection before the commit finished."""
 
 
 class KeyNotFound(StoreError, KeyError):

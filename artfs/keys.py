@@ -9,11 +9,16 @@ of that entity, its blobs included:
     entities/<e>/manifests/<2 hex>/<sha256>.json           manifests by artifact digest
     entities/<e>/projects/<p>/runs/<run id>.json           runs with their inputs and outputs
     entities/<e>/projects/<p>/artifacts/<n>/artifact.json  the artifact's type, fixed at creation
-        .../versions/v<N>.json                             immutable version records
+        .../versions/v<N>.json                             version records (a delete adds
+                                                           "deleted" by compare-and-swap)
+        .../versions/v<N>.deleted                          tombstone: v<N> is deleted (listing)
         .../meta/v<N>.json                                 description/metadata edited later
         .../aliases/<alias>.json                           {"version": N}
         .../digests/<sha256>.json                          artifact digest → version (dedup)
         .../used_by/v<N>/<run entity>/<run project>/<run id>   reverse lineage
+        .../retention.json                                 --keep-last policy of the artifact
+    gc/state.json                                          gc epoch, running gc and its heartbeat
+    gc/leases/<id>/start, gc/leases/<id>/state.json        writer leases gc respects
 """
 
 from __future__ import annotations
@@ -102,6 +107,20 @@ class ArtifactKeys:
     def use(self, number: int, entity: str, project: str, run_id: str) -> str:
         return f"{self.used_by(number)}{entity}/{project}/{run_id}"
 
+    def tombstone(self, number: int) -> str:
+        return f"{self.versions}v{number}.deleted"
+
+    def tombstone_number(self, key: str) -> int | None:
+        """N for a key `tombstone(N)` made, None for anything else."""
+        label = key.rsplit("/", 1)[-1]
+        if not label.endswith(".deleted"):
+            return None
+        return self.version_number(label.removesuffix(".deleted"))
+
+    @property
+    def retention(self) -> str:
+        return self.prefix + "retention.json"
+
     def version_number(self, key: str) -> int | None:
         """N for a key `version(N)` or `meta(N)` made, None for anything else below them."""
         label = key.rsplit("/", 1)[-1].removesuffix(".json")
@@ -114,6 +133,19 @@ class ArtifactKeys:
         """(entity, project, run id) of a key `use(number, ...)` made."""
         e, p, run_id = key.removeprefix(self.used_by(number)).split("/")
         return e, p, run_id
+
+
+GC = "gc/"
+GC_STATE = "gc/state.json"
+LEASES = "gc/leases/"
+
+
+def lease_start(lease_id: str) -> str:
+    return f"{LEASES}{lease_id}/start"
+
+
+def lease_state(lease_id: str) -> str:
+    return f"{LEASES}{lease_id}/state.json"
 
 
 def artifact(entity: str, project: str, name: str) -> ArtifactKeys:

@@ -50,6 +50,15 @@ class Version:
     aliases: list[str] = field(default_factory=list)
     #: When description, metadata or aliases were last saved; `created_at` until then.
     updated_at: str = ""
+    #: When and by whom the version was deleted (its record stays, so lineage can name it).
+    deleted_at: str | None = None
+    deleted_by: str | None = None
+    #: When the version expires (W&B's TTL), as an ISO time; None keeps it.
+    expires_at: str | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
 
     @property
     def label(self) -> str:
@@ -71,6 +80,9 @@ class Version:
             "metadata": self.metadata,
             "aliases": self.aliases,
             "logged_by": self.logged_by,
+            **({"deleted_at": self.deleted_at, "deleted_by": self.deleted_by}
+               if self.deleted else {}),
+            **({"expires_at": self.expires_at} if self.expires_at else {}),
         }
 
 

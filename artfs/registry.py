@@ -18,6 +18,7 @@ from .blobs import Blobs, Source, check_unique
 from .cache import LocalCache
 from .catalog import Catalog
 from .commits import Committer
+from .deletion import Deleter
 from .errors import (
     ArtifactNotFound,
     CorruptRecord,
@@ -94,6 +95,7 @@ class Registry:
         self.catalog = Catalog(self.store)
         self.committer = Committer(self.store, self.catalog, self.blobs)
         self.lineage = Lineage(self.store)
+        self.deleter = Deleter(self.store, self.catalog)
         #: Threads for moving many files: network latency wants many, a local disk one.
         self.workers = self.blobs.workers
         self.store.sweep_temp()
@@ -162,8 +164,10 @@ class Registry:
     def resolve(self, ref: ArtifactRef) -> int:
         return self.catalog.resolve(ref)
 
-    def version(self, ref: ArtifactRef, *, with_aliases: bool = True) -> Version:
-        return self.catalog.version(ref, with_aliases=with_aliases)
+    def version(self, ref: ArtifactRef, *, with_aliases: bool = True,
+                include_deleted: bool = False) -> Version:
+        return self.catalog.version(ref, with_aliases=with_aliases,
+                                    include_deleted=include_deleted)
 
     def version_record(self, entity: str, project: str, name: str, number: int, *,
                        edited: bool | None = None) -> Version:
@@ -188,6 +192,12 @@ class Registry:
                        metadata: dict[str, Any], aliases: list[str]) -> Version:
         return self.catalog.update_version(version, description=description, metadata=metadata,
                                            aliases=aliases)
+
+    def delete_version(self, ref: ArtifactRef, *, delete_aliases: bool = False) -> Version:
+        return self.deleter.delete_version(ref, delete_aliases=delete_aliases)
+
+    def delete_artifact(self, entity: str, project: str, name: str) -> list[Version]:
+        return self.deleter.delete_artifact(entity, project, name)
 
     def manifest(self, version: Version) -> Manifest:
         """The version's manifest; where its packed blobs live is remembered on the way."""

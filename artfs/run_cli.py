@@ -131,8 +131,8 @@ def cmd_lineage(args: argparse.Namespace) -> None:
         version = reg.version(parse_ref(args.name,
                                         entity=args.entity or config.default_entity(),
                                         project=args.project or config.default_project()),
-                              with_aliases=False)
-        print(version.qualified)
+                              with_aliases=False, include_deleted=True)
+        print(version.qualified + _deleted(version))
         graph = LineageGraph(reg)
         for line in graph.up(version, args.up, 1):
             print(line)
@@ -158,7 +158,7 @@ class LineageGraph:
     def _version(self, qualified: str) -> Version:
         entity, project, _ = qualified.split("/", 2)
         return self.registry.version(parse_ref(qualified, entity=entity, project=project),
-                                     with_aliases=False)
+                                     with_aliases=False, include_deleted=True)
 
     def up(self, version: Version, depth: int, level: int) -> Iterator[str]:
         """version ← the run that logged it ← that run's inputs ← …"""
@@ -174,8 +174,9 @@ class LineageGraph:
             return
         self._seen_up.add(version.logged_by)
         for qualified in run.inputs:
-            yield f"{pad}{INDENT}from {qualified}"
-            yield from self.up(self._version(qualified), depth - 1, level + 2)
+            used = self._version(qualified)
+            yield f"{pad}{INDENT}from {qualified}{_deleted(used)}"
+            yield from self.up(used, depth - 1, level + 2)
 
     def down(self, version: Version, depth: int, level: int) -> Iterator[str]:
         """version → the runs that used it → what they logged → …"""
@@ -189,8 +190,14 @@ class LineageGraph:
                 continue
             self._seen_down.add(path)
             for qualified in run.outputs:
-                yield f"{pad}{INDENT}made {qualified}"
-                yield from self.down(self._version(qualified), depth - 1, level + 2)
+                made = self._version(qualified)
+                yield f"{pad}{INDENT}made {qualified}{_deleted(made)}"
+                yield from self.down(made, depth - 1, level + 2)
+
+
+def _deleted(version: Version) -> str:
+    return (f" (deleted at {version.deleted_at} by {version.deleted_by})"
+            if version.deleted else "")
 
 
 def _describe(run: RunRecord) -> str:

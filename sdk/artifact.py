@@ -17,7 +17,7 @@ from artfs.cache import BlobCache
 from artfs.errors import ArtfsError, DuplicateEntry, SourceError
 from artfs.hashing import hash_file, stat_key
 from artfs.manifest import Entry as ManifestEntry
-from artfs.names import check_entry_path, check_name
+from artfs.names import ArtifactRef, check_entry_path, check_name
 from artfs.registry import Registry, RunRecord, Source, Version
 
 from . import session
@@ -219,7 +219,8 @@ class Artifact:
 
     @property
     def state(self) -> str:
-        return "COMMITTED" if self._settled() else "PENDING"
+        v = self._settled()
+        return "PENDING" if v is None else "DELETED" if v.deleted else "COMMITTED"
 
     def is_draft(self) -> bool:
         return self._version is None and self._future is None
@@ -666,6 +667,13 @@ class Artifact:
             v, description=self.description, metadata=self.metadata, aliases=self.aliases
         )
         self._bind(reg, updated, self._manifest)
+
+    def delete(self, delete_aliases: bool = False) -> None:
+        """Delete this version (W&B): refused while aliases name it unless `delete_aliases`;
+        its bytes are freed by `artfs gc` once no other version needs them."""
+        v = self._logged()
+        self._version = self._client().delete_version(
+            ArtifactRef(v.entity, v.project, v.name, v.label), delete_aliases=delete_aliases)
 
     def logged_by(self) -> Run | None:
         from .wandb_run import Run

@@ -257,7 +257,8 @@ class Run:
         reg = self._client()
         for q in dict.fromkeys(labels):
             ref = parse_ref(q, entity=self.entity, project=self.project)
-            out.append(Artifact._from_version(reg, reg.version(ref)))
+            # A deleted version stays named by the run; its Artifact says state "DELETED".
+            out.append(Artifact._from_version(reg, reg.version(ref, include_deleted=True)))
         return out
 
     def used_artifacts(self) -> list[Artifact]:
