@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # What the mount needs: FUSE and what builds pyfuse3; `attr` gives getfattr for its facts.
 MOUNT_DEB_PACKAGES := fuse3 libfuse3-dev pkg-config attr
-# Servers and tools the tests use on top of that.
-TEST_DEB_PACKAGES := nginx rsync fio
+# Servers and tools the tests use on top of that; chromium and its driver for the browser
+# tests of `artfs ui` (selenium drives them offline).
+TEST_DEB_PACKAGES := nginx rsync fio chromium chromium-driver
 # Peers the benchmarks compare against; not needed by the tests.
 BENCH_DEB_PACKAGES := rclone s3fs
 MOUNT_STAMP := $(VENV)/.installed-mount

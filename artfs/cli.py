@@ -403,9 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import run_cli
     from .fs import cli as fs_cli
+    from .ui import cli as ui_cli
 
     fs_cli.add_commands(sub, common)
     run_cli.add_commands(sub, common)
+    ui_cli.add_command(sub, common)
     for listed in sub._choices_actions:  # `artfs CMD --help` opens with the line `--help` lists
         command = sub.choices[listed.dest]
         command.description = command.description or listed.help
