@@ -276,7 +276,7 @@ class Operations(pyfuse3.Operations):
         node = self._view(inode)
         if isinstance(node, Namespace):
             handle.names = await self._guard(self.tree.children(node.parts))
-            if node.level == "artifact" and self.staged.exists_on_disk(*node.parts):
+            if node.level == "artifact" and self.staged.areas.exists_on_disk(*node.parts):
                 handle.names.append(STAGING_NAME)  # listed once in use, see SEMANTICS.md
         else:
             await self._guard(self.tree.index(node[0]))
@@ -503,12 +503,12 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR if key.startswith("user.")
                                     else errno.EOPNOTSUPP)
         if key.startswith(PROGRESS_XATTR):
-            state = self.staged.progress_of(key[len(PROGRESS_XATTR):])
+            state = self.staged.commands.progress_of(key[len(PROGRESS_XATTR):])
             if state is None:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             return json.dumps(state).encode()
         if key.startswith(RESULT_XATTR):
-            reply = self.staged.result(key[len(RESULT_XATTR):])
+            reply = self.staged.commands.result(key[len(RESULT_XATTR):])
             if reply is None:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             return json.dumps(reply).encode()
@@ -577,7 +577,7 @@ class Operations(pyfuse3.Operations):
         parts = (*node.parts, name)
         if node.level == "project":
             # A new, empty staging area.
-            await self._staging(self.staged.new_area(self.inodes.staging(*parts)))
+            await self._staging(self.staged.areas.new_area(self.inodes.staging(*parts)))
         else:
             await self.tree.blocking(staging.add_pending, self.registry.url, parts)
         return self._namespace_attrs(self.inodes.namespace(parts))
@@ -609,7 +609,7 @@ class Operations(pyfuse3.Operations):
         if name in await self._guard(self.tree.blocking(listing, *node.parts)):
             raise _erofs()
         if node.level == "project":
-            await self._staging(self.staged.remove_new_area(self.inodes.staging(*parts)))
+            await self._staging(self.staged.areas.remove_new_area(self.inodes.staging(*parts)))
         else:
             await self._staging(self.tree.blocking(staging.remove_pending, self.registry.url,
                                                    parts))
@@ -666,7 +666,7 @@ class Operations(pyfuse3.Operations):
             request = json.loads(value)
         except ValueError:
             raise pyfuse3.FUSEError(errno.EINVAL) from None
-        await self._staging(self.staged.control(area, request))
+        await self._staging(self.staged.commands.control(area, request))
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise _erofs()
