@@ -40,33 +40,22 @@ from .. import refs
 from ..blobs import Origin
 from ..errors import ArtfsError
 from ..manifest import Entry
+from ..readahead import (  # noqa: F401 - PART, READ_AHEAD_MAX: named here by the tests
+    BLOCK,
+    PART,
+    READ_AHEAD_MAX,
+    WHOLE_FETCH_MAX,
+    Sequential,
+    blocks_of,
+    part_runs,
+    read_ahead_blocks,
+)
 from ..registry import Registry
 from .tree import Row, TTLCache
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-#: Remote blobs up to this size are fetched whole and verified before the first byte is
-#: served: one GET of 64 MiB costs ~0.2-0.5 s on the test stores, a fair price for never serving
-#: unverified bytes of the files most datasets consist of.
-WHOLE_FETCH_MAX = 64 * MiB
-#: Granularity of a partially fetched remote blob; one bit of state per block. A read outside
-#: a sequential run fetches just its own blocks, so a random 4 KiB read costs one ranged GET of
-#: 1 MiB and reading 1 MiB at the end of a 4 GiB blob about 1-2 MiB.
-BLOCK = 1 * MiB
-#: One ranged GET fetches at most this much: ~50 ms of transfer against a few ms of request
-#: overhead. 16 MiB parts cost the store (SeaweedFS) ~15% less CPU than 8 MiB ones for the
-#: same bytes, which on a shared 2-core machine was 0.3-0.6 s of 3.6 s per GiB.
-PART = 16 * MiB
-BLOCKS_PER_PART = PART // BLOCK
-#: Read-ahead of a sequential reader starts at one block past its read and doubles with each
-#: further sequential read up to the maximum, which keeps that many parallel GETs in flight
-#: (8 x 16 MiB) and bounds what an abandoned reader costs.
-READ_AHEAD_MIN = 1 * MiB
-READ_AHEAD_MAX = 128 * MiB
-#: A read this far behind the previous one still continues its sequential run: with several
-#: read requests in flight the kernel's own read-ahead may deliver them slightly reordered.
-SEQUENTIAL_SLACK = 4 * MiB
 #: Niceness of the thread that hashes partially fetched blobs. Readers are served before the
 #: hash is complete anyway (SEMANTICS.md), so on a busy machine fetching and serving go first
 #: and the hash catches up after: 1 GiB from S3 on 2 cores shared with the store, ~0.7 s sooner.
@@ -283,7 +272,7 @@ class PartialBlob:
         #: Hashing and replies read the fetched bytes through this mapping, straight from the
         #: page cache the fetches wrote them into: two copies per byte fewer than `pread`.
         self.mapped = Mapped(self.fd, size)
-        self.blocks = max(1, -(-size // BLOCK))
+        self.blocks = blocks_of(size)
         self.present = bytearray(self.blocks)
         self.missing = self.blocks
         self.pending: dict[int, trio.Event] = {}
@@ -302,23 +291,13 @@ class PartialBlob:
     def _start(self, blocks: list[int]) -> list[trio.Event]:
         """Start ranged fetches of `blocks` (ascending, not present, not pending)."""
         events: list[trio.Event] = []
-        run: list[int] = []
-
-        def flush() -> None:
-            if run:
-                ev = trio.Event()
-                for b in run:
-                    self.pending[b] = ev
-                self.busy += 1
-                self.reader.nursery.start_soon(self._fetch, run[0], run[-1], ev)
-                events.append(ev)
-                run.clear()
-
-        for b in blocks:
-            if run and (b != run[-1] + 1 or len(run) * BLOCK >= PART):
-                flush()
-            run.append(b)
-        flush()
+        for first, last in part_runs(blocks):
+            ev = trio.Event()
+            for b in range(first, last + 1):
+                self.pending[b] = ev
+            self.busy += 1
+            self.reader.nursery.start_soon(self._fetch, first, last, ev)
+            events.append(ev)
         return events
 
     def _fetch_into_file(self, off: int, length: int) -> None:
@@ -355,22 +334,10 @@ class PartialBlob:
 
     def read_ahead(self, end: int, window: int) -> None:
         """A sequential reader has asked up to `end`: keep about `window` bytes past it
-        present or on their way. Small windows top up once half is consumed; from one part up,
-        each part consumed starts the next, so the parts in flight stay at window / PART and a
-        slow part does not drain the pipeline behind it."""
+        present or on their way (`read_ahead_blocks`)."""
         if self.closed or self.error:
             return
-        b = -(-end // BLOCK)
-        last = min(self.blocks, -(-(end + window) // BLOCK))
-        while b < last and (self.present[b] or b in self.pending):
-            b += 1
-        room = window - (b * BLOCK - end)
-        if b >= last or room < (PART if window >= PART else window // 2):
-            return
-        if window >= PART:  # whole parts: fewer, fuller requests
-            last = min(self.blocks, b + room // PART * BLOCKS_PER_PART)
-        self._start([i for i in range(b, last)
-                     if not self.present[i] and i not in self.pending])
+        self._start(read_ahead_blocks(self.present, self.pending, self.blocks, end, window))
 
     # -- hashing and completion --------------------------------------------------------------
     def _hash_or_finish(self) -> None:
@@ -464,21 +431,17 @@ class BlockHandle(Handle):
     def __init__(self, reader: Reader, where: str, blob: PartialBlob) -> None:
         super().__init__(reader, where)
         self.blob = blob
-        #: End of the furthest read so far.
-        self.next_off = 0
-        #: Read-ahead of the current sequential run; 0 while reads look random.
-        self.window = 0
+        self.sequential = Sequential()
+
+    @property
+    def window(self) -> int:
+        """Read-ahead of the current sequential run; 0 while reads look random."""
+        return self.sequential.window
 
     async def read(self, off: int, size: int) -> memoryview | bytes:
-        # Sequential: from offset 0 (whole-file readers start there), or within reach of the
-        # previous read (the kernel's own read-ahead requests may arrive slightly reordered).
-        if off == 0 or self.next_off - SEQUENTIAL_SLACK <= off <= self.next_off + self.window:
-            self.window = min(max(2 * self.window, READ_AHEAD_MIN), READ_AHEAD_MAX)
-        else:
-            self.window = 0
-        self.next_off = max(self.next_off, off + size) if self.window else off + size
-        if self.window:
-            self.blob.read_ahead(min(off + size, self.blob.size), self.window)
+        window = self.sequential.read(off, size)
+        if window:
+            self.blob.read_ahead(min(off + size, self.blob.size), window)
         return await self.blob.read(off, size)
 
     def close(self) -> None:

@@ -1,0 +1,768 @@
+"""`artfs://` paths for code that wants files without a mount: an fsspec filesystem.
+
+`artfs://<entity>/<project>/<artifact>/<version-or-alias>/<path>` names what
+`~/artifacts/<entity>/<project>/<artifact>/<version-or-alias>/<path>` names in a mount, and
+`<artifact>/@staging/` is the artifact's staging folder, shared with the mount and `artfs
+commit`. Registered with fsspec through the `fsspec.specs` entry point, so `fsspec.open`,
+pandas, pyarrow and `datasets` take these paths once artfs is installed.
+
+Reads go through the core exactly as the mount's do: `Blobs.locate` decides where a blob's
+bytes come from and what verifies them, the blob cache and hash table are the same, and large
+remote blobs are read in ranges with the mount's read-ahead policy (`streamed.py`,
+`readahead.py`). Writes go into the staging area (`staging.py`) and `commit` makes a version
+with `staging.commit`, as `artfs commit` does. No trio or pyfuse3 here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import io
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem, _Cached
+
+from . import config, refs, staging
+from .blobs import Origin
+from .errors import ArtfsError, ArtifactNotFound, IntegrityError, ReferenceError_, StoreError
+from .hashing import copy_and_hash
+from .manifest import Entry, Manifest, walk_tree
+from .names import ArtifactRef, is_name, parse_version
+from .readahead import READ_AHEAD_MAX, WHOLE_FETCH_MAX, Sequential
+from .registry import Registry, Version
+from .streamed import StreamedBlob
+
+PROTOCOL = "artfs"
+STAGING = "@staging"  # as artfs/fs/protocol.py's STAGING_NAME (kept import-free of artfs.fs)
+#: Version trees kept in memory (each a dict of its manifest); versions never change.
+TREES_KEPT = 16
+#: Ranged GETs in flight per filesystem object: a full read-ahead window and a few random reads.
+FETCH_THREADS = READ_AHEAD_MAX // (16 * 1024 * 1024) + 4
+#: How long a write waits for another process of this machine to finish with the staging areas.
+STAGING_WAIT_S = 30.0
+#: Bytes a writer copies per call (uploads from local files).
+CHUNK = 1024 * 1024
+
+
+class ReadOnlyPath(ArtfsError, PermissionError):
+    """A write to a path that is not inside an artifact's `@staging` folder."""
+
+
+class StagingBusy(ArtfsError, PermissionError):
+    """The staging areas are served by a mount (or held by another process) on this machine."""
+
+
+def url(path: str) -> str:
+    return f"{PROTOCOL}://{path}"
+
+
+@dataclass
+class _Tree:
+    """One version's files and folders, from its manifest."""
+
+    files: dict[str, Entry] = field(default_factory=dict)
+    #: folder path → {child name: child path}; the top folder is "".
+    dirs: dict[str, dict[str, str]] = field(default_factory=lambda: {"": {}})
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> _Tree:
+        t = cls()
+        for path, parent, name, entry in walk_tree(manifest):
+            t.dirs[parent][name] = path
+            if entry is None:
+                t.dirs[path] = {}
+            else:
+                t.files[path] = entry
+        return t
+
+
+class _PerRegistry(_Cached):
+    """fsspec keeps one instance per constructor arguments: name the registry the environment
+    gives, so a changed ARTFS_REGISTRY (or cache, or state folder) gets its own instance."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if not args and kwargs.get("registry") is None:
+            kwargs["registry"] = config.registry_url()
+        kwargs.setdefault("cache_dir", str(config.cache_dir()))
+        kwargs.setdefault("state_dir", str(config.state_dir()))
+        return super().__call__(*args, **kwargs)
+
+
+class ArtfsFileSystem(AbstractFileSystem, metaclass=_PerRegistry):
+    """The registry `registry` (default: ARTFS_REGISTRY) as `artfs://` paths."""
+
+    protocol = PROTOCOL
+    root_marker = ""
+    #: Remote blobs up to this size are fetched whole and verified before any byte is served
+    #: (the mount's rule); larger ones are read in ranges (`StreamedBlob`).
+    whole_fetch_max = WHOLE_FETCH_MAX
+
+    def __init__(self, registry: str | None = None, cache_dir: str | None = None,
+                 state_dir: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.registry = Registry(registry or config.registry_url(),
+                                 cache_dir=Path(cache_dir) if cache_dir else None)
+        self.url = self.registry.url
+        self._lock = threading.Lock()
+        self._records: dict[tuple[str, str, str, int], Version] = {}
+        self._trees: OrderedDict[str, _Tree] = OrderedDict()
+        self._streams: dict[str, StreamedBlob] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._hasher: ThreadPoolExecutor | None = None
+        self._work: Path | None = None
+        #: One writer of this process's staging areas at a time (flock is per descriptor).
+        self._writing = threading.Lock()
+
+    @classmethod
+    def _strip_protocol(cls, path: str | list[str]) -> Any:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = str(path)
+        if path.startswith(f"{PROTOCOL}://"):
+            path = path[len(PROTOCOL) + 3:]
+        return path.strip("/")
+
+    # -- resolving names ---------------------------------------------------------------------
+    @staticmethod
+    def _parts(path: str) -> list[str]:
+        return [p for p in ArtfsFileSystem._strip_protocol(path).split("/") if p]
+
+    def _missing(self, path: str, why: str = "") -> FileNotFoundError:
+        return FileNotFoundError(errno.ENOENT, f"{url(path)} not found in registry "
+                                 f"{self.url}{': ' + why if why else ''}")
+
+    def _names(self, parts: list[str]) -> list[str]:
+        """Names inside a namespace folder (root, entity, project), as the mount lists them."""
+        if len(parts) == 0:
+            names = self.registry.entities()
+        elif len(parts) == 1:
+            names = self.registry.projects(parts[0])
+        else:
+            names = self.registry.artifacts(parts[0], parts[1])
+        pending = staging.pending_names(self.url, tuple(parts))
+        return sorted({n for n in names if is_name(n)} | set(pending))
+
+    def _labels(self, e: str, p: str, n: str) -> list[str]:
+        labels = [f"v{v}" for v in self.registry.versions(e, p, n)]
+        labels += sorted(self.registry.aliases(e, p, n))
+        if self._area_exists(e, p, n):
+            labels.append(STAGING)
+        return labels
+
+    def _version(self, path: str, e: str, p: str, n: str, label: str) -> Version:
+        """The version `label` names now (an alias is read afresh on every call)."""
+        if not (is_name(label) or parse_version(label) is not None):
+            raise self._missing(path)
+        ref = ArtifactRef(e, p, n, label)
+        try:
+            number = self.registry.resolve(ref)
+            key = (e, p, n, number)
+            with self._lock:
+                record = self._records.get(key)
+            if record is None:
+                record = self.registry.version(ArtifactRef(e, p, n, f"v{number}"),
+                                               with_aliases=False)
+                with self._lock:
+                    self._records[key] = record
+            return record
+        except ArtifactNotFound as err:
+            raise self._missing(path, str(err)) from None
+
+    def _tree(self, version: Version) -> _Tree:
+        with self._lock:
+            tree = self._trees.get(version.digest)
+            if tree is not None:
+                self._trees.move_to_end(version.digest)
+                return tree
+        tree = _Tree.of(self.registry.manifest(version))
+        with self._lock:
+            self._trees[version.digest] = tree
+            while len(self._trees) > TREES_KEPT:
+                self._trees.popitem(last=False)
+        return tree
+
+    def _area_exists(self, e: str, p: str, n: str) -> bool:
+        return (staging.registry_root(self.url) / e / p / n / "index.db").exists()
+
+    # -- metadata ------------------------------------------------------------------------------
+    def _dir(self, path: str, **extra: Any) -> dict[str, Any]:
+        return {"name": path, "size": 0, "type": "directory", **extra}
+
+    def _file(self, path: str, entry: Entry, version: Version | None) -> dict[str, Any]:
+        info: dict[str, Any] = {"name": path, "size": entry.size or 0, "type": "file",
+                                "sha256": entry.digest}
+        if entry.ref:
+            info["ref"] = entry.ref
+        if version is not None:
+            info["version"] = version.qualified
+            info["created_at"] = version.created_at
+        return info
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        path = self._strip_protocol(path)
+        parts = self._parts(path)
+        if len(parts) < 3:
+            if len(parts) and parts[-1] not in self._names(parts[:-1]):
+                raise self._missing(path)
+            return self._dir(path)
+        e, p, n = parts[:3]
+        if len(parts) == 3:
+            if n not in self._names([e, p]):
+                raise self._missing(path)
+            return self._dir(path, artifact_type=self.registry.artifact_type(e, p, n))
+        if parts[3] == STAGING:
+            return self._staged_info(path, parts)
+        version = self._version(path, e, p, n, parts[3])
+        inner = "/".join(parts[4:])
+        if not inner:
+            return self._dir(path, version=version.qualified, sha256=version.digest)
+        tree = self._tree(version)
+        entry = tree.files.get(inner)
+        if entry is not None:
+            return self._file(path, entry, version)
+        if inner in tree.dirs:
+            return self._dir(path, version=version.qualified)
+        raise self._missing(path, f"no {inner!r} in {version.qualified}")
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        path = self._strip_protocol(path)
+        parts = self._parts(path)
+        if len(parts) < 4:
+            info = self.info(path)
+            if len(parts) < 3:
+                out = [self._dir("/".join([*parts, c])) for c in self._names(parts)]
+            else:
+                out = [self._dir(f"{path}/{label}") for label in self._labels(*parts)]
+            del info
+        elif parts[3] == STAGING:
+            out = self._staged_ls(path, parts)
+        else:
+            version = self._version(path, *parts[:4])
+            tree = self._tree(version)
+            inner = "/".join(parts[4:])
+            if inner in tree.files:
+                out = [self._file(path, tree.files[inner], version)]
+            elif inner in tree.dirs:
+                out = []
+                for name, child in tree.dirs[inner].items():
+                    full = f"{path}/{name}"
+                    entry = tree.files.get(child)
+                    out.append(self._file(full, entry, version) if entry is not None
+                               else self._dir(full))
+            else:
+                raise self._missing(path, f"no {inner!r} in {version.qualified}")
+        return out if detail else [o["name"] for o in out]
+
+    def checksum(self, path: str) -> int:
+        """The file's SHA-256 as an int (fsspec wants an int; `info()["sha256"]` is the hex)."""
+        info = self.info(path)
+        if info.get("sha256"):
+            return int(info["sha256"], 16)
+        return super().checksum(path)
+
+    def created(self, path: str) -> Any:
+        from datetime import datetime
+
+        info = self.info(path)
+        if "created_at" not in info:
+            raise self._missing(path, "only files of versions have a creation time")
+        return datetime.fromisoformat(info["created_at"].replace("Z", "+00:00"))
+
+    modified = created
+
+    # -- the staging folder -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def _area(self, parts: list[str]) -> Iterator[staging.Staging | None]:
+        """The artifact's staging area to read (None: there is none; it would show `latest`)."""
+        e, p, n = parts[:3]
+        if not self._area_exists(e, p, n):
+            yield None
+            return
+        area = staging.Staging(self.url, e, p, n)
+        try:
+            yield area
+        finally:
+            area.close()
+
+    def _staged_node(self, area: staging.Staging, path: str, inner: list[str]) -> staging.Node:
+        node = area.node(staging.ROOT)
+        assert node is not None
+        for name in inner:
+            child = area.child(node.id, name) if node.is_dir else None
+            if child is None:
+                raise self._missing(path, f"not in the staging folder of {area.what}")
+            node = child
+        return node
+
+    def _staged_info(self, path: str, parts: list[str]) -> dict[str, Any]:
+        e, p, n = parts[:3]
+        with self._area(parts) as area:
+            if area is None:
+                return self._latest_as_staging(path, parts)[0]
+            node = self._staged_node(area, path, parts[4:])
+            return self._node_info(path, node)
+
+    def _node_info(self, path: str, node: staging.Node) -> dict[str, Any]:
+        if node.is_dir:
+            return self._dir(path)
+        return {"name": path, "size": node.size or 0, "type": "file", "sha256": node.digest,
+                "staged": node.kind}
+
+    def _latest_as_staging(self, path: str, parts: list[str]) -> list[dict[str, Any]]:
+        """Before its first use a staging folder shows the latest version (as in a mount)."""
+        e, p, n = parts[:3]
+        if n not in self._names([e, p]):
+            raise self._missing(path)
+        if not self.registry.versions(e, p, n):
+            if len(parts) > 4:
+                raise self._missing(path, f"the staging folder of {e}/{p}/{n} is empty")
+            return [self._dir(path)]
+        version = self._version(path, e, p, n, "latest")
+        info = self.info("/".join([e, p, n, version.label, *parts[4:]]))
+        return [{**info, "name": path}]
+
+    def _staged_ls(self, path: str, parts: list[str]) -> list[dict[str, Any]]:
+        with self._area(parts) as area:
+            if area is None:
+                info = self._latest_as_staging(path, parts)[0]
+                if info["type"] == "file":
+                    return [info]
+                latest = "/".join([*parts[:3], "latest", *parts[4:]])
+                if not self.registry.versions(*parts[:3]):
+                    return []
+                return [{**i, "name": f"{path}/{i['name'].rsplit('/', 1)[1]}"}
+                        for i in self.ls(latest)]
+            node = self._staged_node(area, path, parts[4:])
+            if not node.is_dir:
+                return [self._node_info(path, node)]
+            out, after = [], 0
+            while batch := area.children(node.id, after):
+                out += [self._node_info(f"{path}/{c.name}", c) for c in batch
+                        if c.is_dir or c.published]
+                after = batch[-1].id
+            return out
+
+    # -- reading ------------------------------------------------------------------------------
+    def _open(self, path: str, mode: str = "rb", block_size: Any = None,
+              autocommit: bool = True, cache_options: Any = None, **kwargs: Any) -> Any:
+        path = self._strip_protocol(path)
+        if "r" not in mode or "+" in mode:
+            return self._writer(path, mode)
+        info = self.info(path)
+        if info["type"] != "file":
+            raise IsADirectoryError(errno.EISDIR, f"{url(path)} is a folder")
+        return ArtfsFile(self, path, info["size"], self._handle(path))
+
+    def _source(self, path: str) -> tuple[str, Entry, str, Path | None]:
+        """(entity, entry, what, local staged file) of a file: what names it in errors."""
+        parts = self._parts(path)
+        if len(parts) < 5:
+            raise IsADirectoryError(errno.EISDIR, f"{url(path)} is a folder")
+        e, p, n = parts[:3]
+        if parts[3] == STAGING:
+            with self._area(parts) as area:
+                if area is not None:
+                    node = self._staged_node(area, path, parts[4:])
+                    if node.is_dir:
+                        raise IsADirectoryError(errno.EISDIR, f"{url(path)} is a folder")
+                    if node.kind == "local":
+                        return e, Entry("/".join(parts[4:]), node.size, node.digest), \
+                            url(path), area.file(node)
+                    return e, node.entry("/".join(parts[4:])), url(path), None
+            parts = [*parts[:3], "latest", *parts[4:]]
+        version = self._version(path, *parts[:4])
+        inner = "/".join(parts[4:])
+        entry = self._tree(version).files.get(inner)
+        if entry is None:
+            if inner in self._tree(version).dirs:
+                raise IsADirectoryError(errno.EISDIR, f"{url(path)} is a folder")
+            raise self._missing(path, f"no {inner!r} in {version.qualified}")
+        return e, entry, f"{url(path)} ({version.qualified})", None
+
+    def _handle(self, path: str, *, whole: bool = False) -> _Handle:
+        """Verified access to a file's bytes, by the mount's rules (SEMANTICS.md)."""
+        entity, entry, what, local = self._source(path)
+        try:
+            if local is not None:
+                return _LocalHandle(local, what)
+            if entry.is_reference:
+                return _LocalHandle(self._reference(entry, what), what)
+            assert entry.digest is not None
+            blobs = self.registry.blobs
+            loc = blobs.locate(entity, entry.digest, entry.size or 0, self.whole_fetch_max)
+            if loc.origin is Origin.IN_PLACE:
+                assert loc.path is not None
+                blobs.check_in_place(loc.path, entry.digest)
+                return _LocalHandle(loc.path, what)
+            if loc.origin is Origin.CACHED:
+                assert loc.path is not None
+                with contextlib.suppress(FileNotFoundError):  # evicted meanwhile: fetch again
+                    return _LocalHandle(loc.path, what)
+            if loc.origin is not Origin.STREAM or whole:
+                return _LocalHandle(blobs.fetch_with_pack(entity, entry.digest, what), what)
+            return _StreamHandle(self, self._stream(entry.digest, entry.size or 0, loc.key),
+                                 what)
+        except (IntegrityError, StoreError, ReferenceError_) as e:
+            raise IntegrityError(f"{what}: {e}") from e
+
+    def _reference(self, entry: Entry, what: str) -> Path:
+        if entry.digest is not None:
+            digest = entry.digest
+            return self.registry.cache.fill(digest, lambda tmp: refs.fetch(entry, tmp))
+        # Recorded with checksum=False: nothing to check it against, served as found.
+        dest = self._work_dir() / f"ref-{uuid.uuid4().hex}"
+        refs.fetch(entry, dest)
+        return dest
+
+    def _work_dir(self) -> Path:
+        with self._lock:
+            if self._work is None:
+                self._work = self.registry.local_cache.work_dir()
+            return self._work
+
+    def _stream(self, digest: str, size: int, key: str) -> StreamedBlob:
+        work = self._work_dir()
+        with self._lock:
+            blob = self._streams.get(digest)
+            if blob is None or blob.error:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(FETCH_THREADS, "artfs-fetch")
+                    self._hasher = ThreadPoolExecutor(1, "artfs-hash")
+                assert self._hasher is not None
+                blobs = self.registry.blobs
+                blob = StreamedBlob(
+                    digest, size, lambda off, n: blobs.read_range(key, off, n),
+                    lambda file: blobs.adopt_streamed(digest, file),
+                    work / f"{digest}.{uuid.uuid4().hex[:8]}.partial", self._pool, self._hasher)
+                self._streams[digest] = blob
+            blob.users += 1
+            return blob
+
+    def _release(self, blob: StreamedBlob) -> None:
+        with self._lock:
+            blob.users -= 1
+            if blob.users == 0:
+                if self._streams.get(blob.digest) is blob:
+                    del self._streams[blob.digest]
+                blob.close()
+
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None,
+                 **kwargs: Any) -> bytes:
+        """Bytes [start, end) of a file (negative: from its end). The whole file of a large
+        remote blob is fetched whole and verified first, as `get` does."""
+        path = self._strip_protocol(path)
+        whole = not start and end is None
+        handle = self._handle(path, whole=whole)
+        try:
+            size = handle.size()
+            lo = 0 if start is None else (max(0, size + start) if start < 0 else start)
+            hi = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
+            return handle.read(lo, max(0, hi - lo), None)
+        finally:
+            handle.close()
+
+    def get_file(self, rpath: str, lpath: str, callback: Any = None, outfile: Any = None,
+                 **kwargs: Any) -> None:
+        """Download one file, verified before it gets its name (as `artfs get` does)."""
+        rpath = self._strip_protocol(rpath)
+        if self.isdir(rpath):
+            os.makedirs(lpath, exist_ok=True)
+            return
+        entity, entry, what, local = self._source(rpath)
+        if outfile is not None:
+            outfile.write(self.cat_file(rpath))
+            return
+        dest = Path(lpath)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.artfs-partial")
+        try:
+            if local is not None:
+                copy_and_hash(local, tmp)
+            elif entry.is_reference:
+                refs.fetch_verified(entry, tmp, what)
+            else:
+                assert entry.digest is not None
+                self.registry.blobs.copy_to(entity, entry.digest, entry.size or 0, tmp, what)
+            os.rename(tmp, dest)
+        except (StoreError, ReferenceError_) as e:
+            raise IntegrityError(f"{what}: {e}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- writing into @staging ------------------------------------------------------------------
+    def _staging_target(self, path: str) -> tuple[list[str], list[str]]:
+        """(entity/project/artifact, path inside @staging) of a writable path, else refuse."""
+        parts = self._parts(path)
+        if len(parts) < 5 or parts[3] != STAGING:
+            where = "/".join(parts[:3]) if len(parts) >= 3 else "<entity>/<project>/<artifact>"
+            raise ReadOnlyPath(
+                f"{url(path)} is read-only: only an artifact's staging folder takes writes "
+                f"(artfs://{where}/{STAGING}/…, then fs.commit('artfs://{where}'))")
+        for name in parts[:3]:
+            if not is_name(name):
+                raise ReadOnlyPath(f"{url(path)}: {name!r} is not a valid artifact, project "
+                                   "or entity name")
+        return parts[:3], parts[4:]
+
+    @contextlib.contextmanager
+    def _owned_area(self, target: list[str]) -> Iterator[staging.Staging]:
+        """The artifact's staging area, held against the mount and other writers of this
+        machine (the mount's `mount.lock`), with its tree repaired as its owner does."""
+        root = staging.registry_root(self.url)
+        root.mkdir(parents=True, exist_ok=True)
+        with self._writing:
+            fd = os.open(root / "mount.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                deadline = time.monotonic() + STAGING_WAIT_S
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                            raise StagingBusy(
+                                f"{url('/'.join(target))}/{STAGING} is in use by another "
+                                f"process on this machine (an artfs mount: pid {holder or '?'}"
+                                "); write through that mount, or unmount it") from None
+                        time.sleep(0.1)
+                area = staging.open_area(self.registry, *target)
+                try:
+                    yield area
+                finally:
+                    area.close()
+            finally:
+                os.close(fd)
+
+    def _folder(self, area: staging.Staging, folders: list[str], create: bool) -> int:
+        node = staging.ROOT
+        for name in folders:
+            child = area.child(node, name)
+            if child is None:
+                if not create:
+                    raise FileNotFoundError(errno.ENOENT, f"{area.what}/{STAGING}: no folder "
+                                            f"{name!r}")
+                child = area.mkdir(node, name)
+            elif not child.is_dir:
+                raise NotADirectoryError(errno.ENOTDIR, f"{area.what}/{STAGING}/"
+                                         f"{area.path(child.id)} is a file")
+            node = child.id
+        return node
+
+    def _publish(self, path: str, upload: Path, digest: str) -> None:
+        """Make the finished file `upload` (in the area's folder) the staged file at `path`."""
+        target, inner = self._staging_target(path)
+        with self._owned_area(target) as area:
+            parent = self._folder(area, inner[:-1], create=True)
+            node = area.child(parent, inner[-1])
+            if node is None:
+                node, fd, draft = area.create_open(parent, inner[-1])
+                os.close(fd)
+            elif node.is_dir:
+                raise IsADirectoryError(errno.EISDIR, f"{url(path)} is a folder")
+            else:
+                draft = area.new_draft(node.id)
+            os.replace(upload, draft)
+            area.publish(node.id, draft, digest)
+
+    def _upload_file(self, path: str) -> Path:
+        target, _ = self._staging_target(path)
+        folder = staging.registry_root(self.url).joinpath(*target)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"upload-{uuid.uuid4().hex}"
+
+    def _writer(self, path: str, mode: str) -> _StagedWriter:
+        if mode not in ("wb", "xb"):
+            self._staging_target(path)  # a clearer error outside @staging
+            raise ValueError(f"{url(path)}: mode {mode!r} is not supported; use 'rb' or 'wb'")
+        if mode == "xb" and self.exists(path):
+            raise FileExistsError(errno.EEXIST, f"{url(path)} exists")
+        upload = self._upload_file(path)
+        return _StagedWriter(self, path, upload)
+
+    def put_file(self, lpath: str, rpath: str, callback: Any = None, mode: str = "overwrite",
+                 **kwargs: Any) -> None:
+        """Stage a local file at `rpath` (inside an artifact's @staging folder)."""
+        rpath = self._strip_protocol(rpath)
+        if os.path.isdir(lpath):
+            self.makedirs(rpath, exist_ok=True)
+            return
+        upload = self._upload_file(rpath)
+        try:
+            digest, _ = copy_and_hash(lpath, upload)
+            self._publish(rpath, upload, digest)
+        finally:
+            upload.unlink(missing_ok=True)
+
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        target, inner = self._staging_target(self._strip_protocol(path) + "/.")
+        inner = [i for i in inner if i != "."]
+        with self._owned_area(target) as area:
+            self._folder(area, inner, create=True)
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        parts = self._parts(path)
+        if len(parts) == 4 and parts[3] == STAGING:
+            return
+        if not exist_ok and self.exists(path):
+            raise FileExistsError(errno.EEXIST, f"{url(self._strip_protocol(path))} exists")
+        self.mkdir(path)
+
+    def rm_file(self, path: str) -> None:
+        path = self._strip_protocol(path)
+        target, inner = self._staging_target(path)
+        with self._owned_area(target) as area:
+            parent = self._folder(area, inner[:-1], create=False)
+            node = area.child(parent, inner[-1])
+            if node is None:
+                raise self._missing(path)
+            if node.is_dir:
+                area.rmdir(parent, inner[-1])
+            else:
+                area.unlink(parent, inner[-1])
+
+    def _rm(self, path: str) -> None:
+        self.rm_file(path)
+
+    def rmdir(self, path: str) -> None:
+        self.rm_file(path)
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        self._staging_target(self._strip_protocol(path2))
+        with self.open(path1, "rb") as src, self.open(path2, "wb") as dst:
+            while chunk := src.read(CHUNK):
+                dst.write(chunk)
+
+    def commit(self, path: str, aliases: list[str] | tuple[str, ...] = (), *,
+               type: str | None = None, description: str | None = None,
+               metadata: dict[str, Any] | None = None) -> Version:
+        """Make the staging folder of the artifact at `path` its next version (as `artfs
+        commit` does: none when nothing changed); returns the version it names now."""
+        parts = self._parts(path)
+        if parts[3:4] == [STAGING]:
+            parts = parts[:3] + parts[4:]
+        if len(parts) != 3:
+            raise ValueError(f"{url(self._strip_protocol(path))}: commit takes an artifact "
+                             "path, artfs://<entity>/<project>/<artifact>")
+        with self._owned_area(parts) as area:
+            done = staging.commit(self.registry, area, aliases=aliases, type_=type,
+                                  description=description, metadata=metadata)
+        return done.version
+
+
+class _Handle:
+    what: str
+
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def read(self, off: int, size: int, sequential: Sequential | None) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _LocalHandle(_Handle):
+    """A local file already verified (or a staged file, which is the user's own)."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.what = what
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def read(self, off: int, size: int, sequential: Sequential | None) -> bytes:
+        return os.pread(self.fd, size, off)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _StreamHandle(_Handle):
+    """A large remote blob read in ranges (`StreamedBlob`)."""
+
+    def __init__(self, fs: ArtfsFileSystem, blob: StreamedBlob, what: str) -> None:
+        self.fs = fs
+        self.blob = blob
+        self.what = what
+
+    def size(self) -> int:
+        return self.blob.size
+
+    def read(self, off: int, size: int, sequential: Sequential | None) -> bytes:
+        window = sequential.read(off, size) if sequential is not None else 0
+        if window:
+            self.blob.read_ahead(min(off + size, self.blob.size), window)
+        try:
+            return self.blob.read(off, size)
+        except IntegrityError as e:
+            raise IntegrityError(f"{self.what}: {e}") from None
+
+    def close(self) -> None:
+        self.fs._release(self.blob)
+
+
+class ArtfsFile(AbstractBufferedFile):
+    """A file opened for reading: random access, with read-ahead for sequential readers."""
+
+    def __init__(self, fs: ArtfsFileSystem, path: str, size: int, handle: _Handle) -> None:
+        self.handle = handle
+        self.sequential = Sequential()
+        super().__init__(fs, path, mode="rb", block_size=1024 * 1024, cache_type="none",
+                         size=size)
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        return self.handle.read(start, end - start, self.sequential)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.handle.close()
+        super().close()
+
+
+class _StagedWriter(io.BufferedIOBase):
+    """Bytes written to a file of the area's folder, hashed as they come; staged at `close`
+    (not when the `with` block ends by an exception: nothing is staged then)."""
+
+    def __init__(self, fs: ArtfsFileSystem, path: str, upload: Path) -> None:
+        self.fs = fs
+        self.path = path
+        self.upload = upload
+        self.file = open(upload, "wb")  # noqa: SIM115 - closed in close()/discard()
+        self.sha = hashlib.sha256()
+        self.failed = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        n = self.file.write(b)
+        self.sha.update(memoryview(b)[:n])
+        return n
+
+    def __exit__(self, *exc: Any) -> None:
+        self.failed = exc[0] is not None
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.file.close()
+            if not self.failed:
+                self.fs._publish(self.path, self.upload, self.sha.hexdigest())
+        finally:
+            self.upload.unlink(missing_ok=True)
+            super().close()
