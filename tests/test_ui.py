@@ -95,7 +95,13 @@ def _fill(root: Path) -> dict[str, str]:
     with sdk.init(project=PROJECT, job_type="train", name="train-model") as run:
         run.use_artifact("clean:best")
         run.log_artifact(_artifact(src, "model", "model", {"w.bin": b"\0\1\2weights"}))
+        run.log_artifact(_artifact(src, "scratch", "scratch", {"tmp": b"tmp"}))
     runs["train"] = run.id
+    from artfs.names import ArtifactRef
+    from artfs.registry import Registry
+    reg = Registry()
+    reg.delete_version(ArtifactRef(ENTITY, PROJECT, "scratch", "v0"), delete_aliases=True)
+    reg.close()
     return runs
 
 
@@ -187,7 +193,9 @@ def test_links_from_the_root_lead_to_an_artifact_and_its_versions(browser, serve
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row.find_element(
         By.CSS_SELECTOR, ".updated").text)
     assert sorted(_texts(browser, "table.artifacts tbody td:first-child")) == [
-        "clean", "model", "raw"]
+        "clean", "model", "raw", "scratch"]
+    scratch = browser.find_element(By.CSS_SELECTOR, 'tr[data-artifact="scratch"]')
+    assert scratch.find_element(By.CSS_SELECTOR, ".count").text == "0"  # its one is deleted
     _click(browser, "clean")
     assert _texts(browser, "#versions tbody td:first-child") == ["v2", "v1", "v0"]
     headers = _texts(browser, "#versions thead th")
@@ -258,17 +266,26 @@ def test_the_lineage_graph_links_every_node_upstream_and_downstream(
     q = f"{ENTITY}/{PROJECT}"
     chain = [f"r:{q}/{runs['collect']}", f"v:{q}/raw:v0", f"r:{q}/{runs['preprocess']}",
              f"v:{q}/clean:v2", f"r:{q}/{runs['train']}", f"v:{q}/model:v0"]
-    assert set(found) == set(chain)
+    assert set(found) == {*chain, f"v:{q}/scratch:v0"}
+    assert "gone" in found[f"v:{q}/scratch:v0"].get_dom_attribute("class").split()
+    assert "deleted" in found[f"v:{q}/scratch:v0"].text
     for node in nodes:
         assert urlsplit(node.get_dom_attribute("href")).path.startswith(f"/{ENTITY}/{PROJECT}/")
-    assert len(browser.find_elements(By.CSS_SELECTOR, "svg#lineage path.edge")) == 5
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg#lineage path.edge")) == 6
     xs = [float(found[k].find_element(By.TAG_NAME, "rect").get_attribute("x")) for k in chain]
     assert xs == sorted(xs) and len(set(xs)) == len(chain)  # inputs left, users right
+    _click(browser, "1")  # one run each way
+    shown = {n.get_dom_attribute("data-node") for n in browser.find_elements(
+        By.CSS_SELECTOR, "svg#lineage a.node")}
+    assert shown == {f"v:{q}/raw:v0", f"r:{q}/{runs['preprocess']}", f"v:{q}/clean:v2",
+                     f"r:{q}/{runs['train']}", f"v:{q}/model:v0", f"v:{q}/scratch:v0"}
+    found = {n.get_dom_attribute("data-node"): n for n in browser.find_elements(
+        By.CSS_SELECTOR, "svg#lineage a.node")}
     found[f"r:{q}/{runs['train']}"].click()
     WebDriverWait(browser, WAIT_S).until(lambda d: "/@runs/" in d.current_url)
     assert browser.find_element(By.CSS_SELECTOR, ".job-type").text == "train"
     assert _texts(browser, "ul.inputs a") == [f"{q}/clean:v2"]
-    assert _texts(browser, "ul.outputs a") == [f"{q}/model:v0"]
+    assert _texts(browser, "ul.outputs a") == [f"{q}/model:v0", f"{q}/scratch:v0"]
 
 
 def test_text_and_image_files_are_previewed(browser, server) -> None:
@@ -295,8 +312,10 @@ def test_a_big_folder_is_listed_a_page_at_a_time(browser, server) -> None:
     assert rest == [f"many/f{i:03d}.txt" for i in range(200, MANY)]
 
 
-def test_the_chart_has_a_point_per_version_and_a_chooser_for_the_key(browser, server) -> None:
+def test_the_chart_has_a_point_per_version_and_a_chooser_for_the_key(
+        browser, server, tmp_path: Path) -> None:
     browser.get(f"{server}/{ENTITY}/{PROJECT}/clean")
+    assert browser.save_screenshot(str(tmp_path / "ui-artifact.png"))
     chart = browser.find_element(By.ID, "chart")
     assert chart.get_attribute("data-key") == "accuracy"
     path = chart.find_element(By.CSS_SELECTOR, "path.line").get_attribute("d")
@@ -315,7 +334,8 @@ def test_the_chart_has_a_point_per_version_and_a_chooser_for_the_key(browser, se
     assert len(ys) == len(CLEAN) and ys[0] < ys[1] < ys[2]  # loss falls
 
 
-def test_the_diff_of_two_versions_lists_files_and_metadata_changes(browser, server) -> None:
+def test_the_diff_of_two_versions_lists_files_and_metadata_changes(
+        browser, server, tmp_path: Path) -> None:
     browser.get(f"{server}/{ENTITY}/{PROJECT}/clean")
     Select(browser.find_element(By.ID, "diff-a")).select_by_visible_text("v0")
     Select(browser.find_element(By.ID, "diff-b")).select_by_visible_text("v2")
@@ -323,6 +343,8 @@ def test_the_diff_of_two_versions_lists_files_and_metadata_changes(browser, serv
     browser.find_element(By.ID, "diff-go").click()
     WebDriverWait(browser, WAIT_S).until(lambda d: old.id != d.find_element(By.TAG_NAME,
                                                                             "html").id)
+    assert browser.save_screenshot(str(tmp_path / "ui-diff.png"))
+
     def paths(table: str) -> list[str]:
         return _texts_attr(browser, f"#{table} tr[data-path]", "data-path")
     assert paths("files-added") == ["README.md", "test.csv"]
@@ -350,6 +372,7 @@ BAD = {  # path → what the 404 page must name
     f"/{ENTITY}/{PROJECT}/clean/@diff?a=v0&b=v7": "clean:v7",
     "/@static/nothing.css": "/@static/nothing.css",
     f"/{ENTITY}/{PROJECT}/clean/v2/and/more": "/and/more",
+    f"/{ENTITY}/{PROJECT}/scratch/v0": "scratch:v0 was deleted",
 }
 
 
@@ -368,7 +391,7 @@ def test_a_bad_url_gives_a_404_page_naming_what_was_not_found(browser, server, p
 def test_a_bad_query_gives_a_400_page_naming_it(server) -> None:
     for query, named in (("clean?sort=colour", "sort='colour'"),
                          ("clean?chart=split", "chart='split'"),
-                         ("raw/v0?offset=-3", "offset='-3'")):
+                         ("raw/v0?offset=-3", "offset='-3'"), ("raw/v0?depth=99", "depth='99'")):
         response = requests.get(f"{server}/{ENTITY}/{PROJECT}/{query}", timeout=WAIT_S)
         assert response.status_code == 400 and named in html.unescape(response.text)
         assert "Traceback" not in response.text

@@ -25,7 +25,7 @@ from ..names import ArtifactRef, is_name, parse_version
 from ..registry import Registry, Version
 from . import model
 from .chart import line_chart
-from .graph import lineage_graph, run_href, version_href
+from .graph import DEPTH, MAX_DEPTH, lineage_graph, run_href, version_href
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _not_found(message: str) -> NoReturn:
     raise NotFound(description=message)
 
 
-def _int_arg(name: str, default: int, low: int = 0) -> int:
+def _int_arg(name: str, default: int, low: int = 0, high: int | None = None) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
@@ -58,8 +58,9 @@ def _int_arg(name: str, default: int, low: int = 0) -> int:
         value = int(raw)
     except ValueError:
         raise BadRequest(description=f"{name}={raw!r} is not a number") from None
-    if value < low:
-        raise BadRequest(description=f"{name}={raw!r} must be at least {low}")
+    if value < low or (high is not None and value > high):
+        within = f"at least {low}" if high is None else f"from {low} to {high}"
+        raise BadRequest(description=f"{name}={raw!r} must be {within}")
     return value
 
 
@@ -213,13 +214,15 @@ def create_app(reg: Registry) -> Flask:
             if entry is None:
                 _not_found(f"file {chosen!r} not found in {v.qualified}")
             preview = _preview(reg, v, entry)
+        depth = _int_arg("depth", DEPTH, 1, MAX_DEPTH)
         producer = reg.find_run(*v.logged_by.split("/")) if v.logged_by else None
         base = version_href(v.qualified)
         return render_template(
             "version.html", title=v.qualified, crumbs=crumbs(entity, project, name, v.label),
             v=v, base=base, metadata=model.flatten(v.metadata), folder=folder, rows=rows,
             total=total, offset=offset, page=PAGE, preview=preview, producer=producer,
-            used_by=reg.used_by(v), graph=lineage_graph(reg, v),
+            used_by=reg.used_by(v), graph=lineage_graph(reg, v, depth), depth=depth,
+            max_depth=MAX_DEPTH,
             others=reg.versions(entity, project, name))
 
     @app.get("/<entity>/<project>/<name>/<label>/@raw/<path:path>")

@@ -14,6 +14,8 @@ from ..registry import Registry, RunRecord, Version
 
 #: Runs followed each way from the version: a pipeline's usual reach without a huge drawing.
 DEPTH = 2
+#: The most a page may ask for (`?depth=`): each level may read a run and its versions.
+MAX_DEPTH = 6
 #: Nodes drawn per column; the rest are counted under it.
 COLUMN_NODES = 12
 NODE_W, NODE_H = 160, 44
@@ -108,16 +110,32 @@ class GraphBuilder:
         return self.reg.find_run(*path.split("/"))
 
     def _version(self, qualified: str) -> Version | None:
+        """The version's record, deleted or not (lineage keeps naming deleted versions)."""
         entity, project, _ = qualified.split("/", 2)
         try:
             return self.reg.version(parse_ref(qualified, entity=entity, project=project),
-                                    with_aliases=False)
+                                    with_aliases=False, include_deleted=True)
         except LookupError:
             return None
 
+    def _add_version(self, qualified: str, column: int, beside: str, upstream: bool
+                     ) -> Version | None:
+        """Draw `qualified` linked to the run `beside`; its record when it is new here, so
+        the walk goes on from it."""
+        node_id = f"v:{qualified}"
+        known = node_id in self.graph.nodes
+        node = self._version_node(qualified, column)
+        if not self._add(node):
+            return None
+        self._edge(*((node_id, beside) if upstream else (beside, node_id)))
+        if known:
+            return None
+        found = self._version(qualified)
+        node.detail = "missing" if found is None else "deleted" if found.deleted else ""
+        return found
+
     def build(self, depth: int = DEPTH) -> Graph:
-        center = self._version_node(self.center.qualified, 0, current=True)
-        self._add(center)
+        self._add(self._version_node(self.center.qualified, 0, current=True))
         frontier = [self.center]
         for level in range(1, depth + 1):
             next_frontier: list[Version] = []
@@ -130,12 +148,9 @@ class GraphBuilder:
                     continue
                 self._edge(node.id, f"v:{v.qualified}")
                 for qualified in run.inputs if run is not None else []:
-                    known = f"v:{qualified}" in self.graph.nodes
-                    if self._add(self._version_node(qualified, -2 * level)):
-                        self._edge(f"v:{qualified}", node.id)
-                        found = None if known else self._version(qualified)
-                        if found is not None:
-                            next_frontier.append(found)
+                    found = self._add_version(qualified, -2 * level, node.id, upstream=True)
+                    if found is not None:
+                        next_frontier.append(found)
             frontier = next_frontier
         frontier = [self.center]
         for level in range(1, depth + 1):
@@ -151,12 +166,9 @@ class GraphBuilder:
                     if known:
                         continue
                     for qualified in run.outputs:
-                        seen = f"v:{qualified}" in self.graph.nodes
-                        if self._add(self._version_node(qualified, 2 * level)):
-                            self._edge(node.id, f"v:{qualified}")
-                            found = None if seen else self._version(qualified)
-                            if found is not None:
-                                next_frontier.append(found)
+                        found = self._add_version(qualified, 2 * level, node.id, upstream=False)
+                        if found is not None:
+                            next_frontier.append(found)
             frontier = next_frontier
         self._layout()
         return self.graph
