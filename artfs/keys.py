@@ -29,8 +29,17 @@ MARKER = "registry.json"
 ENTITIES = "entities/"
 
 
+def _entity(entity: str, folder: str) -> str:
+    return f"{ENTITIES}{entity}/{folder}/"
+
+
+def _sharded(folder: str, digest: str, suffix: str = "") -> str:
+    """Content-addressed keys spread over 256 folders by their first two hex digits."""
+    return f"{folder}{digest[:2]}/{digest}{suffix}"
+
+
 def projects(entity: str) -> str:
-    return f"{ENTITIES}{entity}/projects/"
+    return _entity(entity, "projects")
 
 
 def artifacts(entity: str, project: str) -> str:
@@ -46,19 +55,19 @@ def run(entity: str, project: str, run_id: str) -> str:
 
 
 def blobs(entity: str) -> str:
-    return f"{ENTITIES}{entity}/blobs/"
+    return _entity(entity, "blobs")
 
 
 def blob(entity: str, digest: str) -> str:
-    return f"{blobs(entity)}{digest[:2]}/{digest}"
+    return _sharded(blobs(entity), digest)
 
 
 def pack(entity: str, pack_digest: str) -> str:
-    return f"{ENTITIES}{entity}/packs/{pack_digest[:2]}/{pack_digest}"
+    return _sharded(_entity(entity, "packs"), pack_digest)
 
 
 def manifest(entity: str, digest: str) -> str:
-    return f"{ENTITIES}{entity}/manifests/{digest[:2]}/{digest}.json"
+    return _sharded(_entity(entity, "manifests"), digest, ".json")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import CorruptRecord, InvalidMetadata
+from .errors import ArtfsError, CorruptRecord, InvalidMetadata
 
 
 def now_iso() -> str:
@@ -20,14 +20,15 @@ def encode(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def decode(data: bytes, what: str) -> dict[str, Any]:
-    """A JSON object, or CorruptRecord naming `what` (e.g. "alias record <key>")."""
+def decode(data: bytes | str, what: str,
+           error: type[ArtfsError] = CorruptRecord) -> dict[str, Any]:
+    """A JSON object, or `error` naming `what` (e.g. "alias record <key>", "--config")."""
     try:
         doc = json.loads(data)
     except ValueError as e:
-        raise CorruptRecord(f"{what} is not valid JSON: {e}") from e
+        raise error(f"{what} is not valid JSON: {e}") from e
     if not isinstance(doc, dict):
-        raise CorruptRecord(f"{what} is not a JSON object")
+        raise error(f"{what} is not a JSON object")
     return doc
 
 

@@ -5,7 +5,6 @@ shows the graph those runs make."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from . import active_runs, config
 from .active_runs import ActiveRun
 from .errors import ArtfsError
 from .names import parse_ref
+from .records import decode
 from .registry import Registry, RunRecord, Version
 
 #: What a shell answers for a command it cannot run (not found, not executable).
@@ -46,15 +46,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
 
 def _config(raw: str | None) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError as e:
-        raise ArtfsError(f"--config is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise ArtfsError(f"--config must be a JSON object, not {raw!r}")
-    return value
+    return {} if raw is None else decode(raw, "--config", ArtfsError)
 
 
 def cmd_run(args: argparse.Namespace) -> None:

@@ -588,27 +588,25 @@ class Staging:
 
     def unlink(self, parent: int, name: str) -> Node:
         """Remove a file; its bytes file is deleted (open descriptors keep working)."""
-        with self.transaction():
-            node = self.child(parent, name)
-            if node is None:
-                raise OSError(errno.ENOENT, f"{self.what}: no {name!r} in folder {parent}")
-            if node.is_dir:
-                raise OSError(errno.EISDIR, f"{self.what}: {name!r} is a folder")
-            self.db.execute("DELETE FROM nodes WHERE id=?", (node.id,))
-            self._dir_changed(parent)
-            self._touch()
+        node = self._remove(parent, name, folder=False)
         if node.kind == "local" and node.content:
             self._delete(self.file(node))
         return node
 
     def rmdir(self, parent: int, name: str) -> Node:
+        return self._remove(parent, name, folder=True)
+
+    def _remove(self, parent: int, name: str, *, folder: bool) -> Node:
+        """Delete the row of an empty folder (`folder`) or of a file, as rmdir and unlink."""
         with self.transaction():
             node = self.child(parent, name)
             if node is None:
                 raise OSError(errno.ENOENT, f"{self.what}: no {name!r} in folder {parent}")
-            if not node.is_dir:
+            if node.is_dir and not folder:
+                raise OSError(errno.EISDIR, f"{self.what}: {name!r} is a folder")
+            if folder and not node.is_dir:
                 raise OSError(errno.ENOTDIR, f"{self.what}: {name!r} is not a folder")
-            if self.children(node.id, limit=1):
+            if folder and self.children(node.id, limit=1):
                 raise OSError(errno.ENOTEMPTY, f"{self.what}/{self.path(node.id)} is not empty")
             self.db.execute("DELETE FROM nodes WHERE id=?", (node.id,))
             self._dir_changed(parent)
