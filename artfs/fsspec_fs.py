@@ -107,6 +107,9 @@ class ArtfsFileSystem(AbstractFileSystem, metaclass=_PerRegistry):
     #: Remote blobs up to this size are fetched whole and verified before any byte is served
     #: (the mount's rule); larger ones are read in ranges (`StreamedBlob`).
     whole_fetch_max = WHOLE_FETCH_MAX
+    #: How long a write waits for another process of this machine to let go of the staging
+    #: areas of the registry before it fails naming the holder.
+    staging_wait_s = STAGING_WAIT_S
 
     def __init__(self, registry: str | None = None, cache_dir: str | None = None,
                  state_dir: str | None = None, **kwargs: Any) -> None:
@@ -523,7 +526,7 @@ class ArtfsFileSystem(AbstractFileSystem, metaclass=_PerRegistry):
         with self._writing:
             fd = os.open(root / "mount.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                deadline = time.monotonic() + STAGING_WAIT_S
+                deadline = time.monotonic() + self.staging_wait_s
                 while True:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -605,8 +608,11 @@ class ArtfsFileSystem(AbstractFileSystem, metaclass=_PerRegistry):
             upload.unlink(missing_ok=True)
 
     def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
-        target, inner = self._staging_target(self._strip_protocol(path) + "/.")
-        inner = [i for i in inner if i != "."]
+        path = self._strip_protocol(path)
+        parts = self._parts(path)
+        if len(parts) == 4 and parts[3] == STAGING:
+            return
+        target, inner = self._staging_target(path)
         with self._owned_area(target) as area:
             self._folder(area, inner, create=True)
 
