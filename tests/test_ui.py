@@ -10,9 +10,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
-import sys
-import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +19,7 @@ import pytest
 import requests
 
 import sdk
+from tests.test_ui_cli import serving
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -30,7 +28,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ENTITY, PROJECT = "tester", "pipeline"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-#: Generous for a loaded 2-core machine: starting chromium or the server can take seconds.
+#: Generous for a loaded 2-core machine: starting chromium can take seconds.
 WAIT_S = 60
 #: Files in one folder of raw:v0: more than a page of the version's file listing (200).
 MANY = 230
@@ -127,28 +125,9 @@ def server(registry: tuple[str, dict[str, str]], tmp_path_factory: pytest.TempPa
     """`artfs ui --port 0` as its own process; the URL it prints. Always stopped."""
     url, _ = registry
     root = tmp_path_factory.mktemp("ui-server")
-    env = {**os.environ, "ARTFS_REGISTRY": url, "ARTFS_CACHE_DIR": str(root / "cache"),
-           "ARTFS_STATE_DIR": str(root / "state"), "ARTFS_ENTITY": ENTITY}
-    proc = subprocess.Popen([sys.executable, "-m", "artfs.cli", "ui", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(WAIT_S)
-        found = re.search(r"(http://\S+/)", line[0] if line else "")
-        if found is None:
-            proc.kill()
-            raise AssertionError(f"artfs ui printed no URL: {line!r}; stderr: "
-                                 f"{proc.communicate(timeout=WAIT_S)[1]}")
-        yield found.group(1).rstrip("/")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(WAIT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serving({"ARTFS_REGISTRY": url, "ARTFS_CACHE_DIR": str(root / "cache"),
+                  "ARTFS_STATE_DIR": str(root / "state"), "ARTFS_ENTITY": ENTITY}) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,78 @@ are read a page at a time (artfs/ui/model.py)."""
 
 from __future__ import annotations
 
+import hashlib
+import html
+import os
+import re
 import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+import requests
+
 from artfs.manifest import Entry, Manifest
-from artfs.ui.model import FolderIndex, diff_versions, flatten, sort_versions
+from artfs.names import ArtifactRef
+from artfs.registry import Registry
+from artfs.ui.model import FolderIndex, Manifests, diff_versions, flatten, sort_versions
 from tests.mount_fixtures import artfs
 
 DIGEST = "ab" * 32
+#: Generous for a loaded 2-core machine: starting the server can take seconds.
+WAIT_S = 60
+
+
+@contextmanager
+def serving(env: dict[str, str]) -> Iterator[str]:
+    """`artfs ui --port 0` as its own process with `env` added; yields the URL it prints
+    (without the last slash). The process is always stopped."""
+    proc = subprocess.Popen([sys.executable, "-m", "artfs.cli", "ui", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env})
+    try:
+        line: list[str] = []
+        assert proc.stdout is not None
+        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(WAIT_S)
+        found = re.search(r"(http://\S+/)", line[0] if line else "")
+        if found is None:
+            proc.kill()
+            raise AssertionError(f"artfs ui printed no URL: {line!r}; stderr: "
+                                 f"{proc.communicate(timeout=WAIT_S)[1]}")
+        yield found.group(1).rstrip("/")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_pages_read_a_registry_of_every_store_kind(
+        registry_url: str, log_files: Callable[..., object]) -> None:
+    text = b"line one\nline two\n"
+    log_files("data", {"docs/readme.txt": text, "w.bin": b"\0\1\2"}, aliases=["good"])
+    with serving({}) as base:  # ARTFS_REGISTRY, as the fixture set it
+        page = requests.get(f"{base}/tester/uncategorized/data/good", timeout=WAIT_S)
+        assert page.url.endswith("/data/v0") and "w.bin" in page.text
+        assert hashlib.sha256(b"\0\1\2").hexdigest() in page.text
+        preview = requests.get(f"{base}/tester/uncategorized/data/v0",
+                               params={"file": "docs/readme.txt"}, timeout=WAIT_S)
+        assert "line one\nline two" in html.unescape(preview.text)
+        raw = requests.get(f"{base}/tester/uncategorized/data/v0/@raw/docs/readme.txt",
+                           timeout=WAIT_S)
+        assert raw.status_code == 200 and raw.content == text
 
 
 def test_ui_refuses_a_missing_registry_naming_it(tmp_path: Path) -> None:
@@ -74,3 +138,47 @@ def test_a_diff_names_added_removed_changed_files_and_metadata() -> None:
     assert [(o.path, n.size) for o, n in d.changed] == [("edit", 2)]
     assert [(c.key, c.kind, c.old, c.new) for c in d.metadata] == [
         ("a", "removed", 1, None), ("b", "changed", 2, 3), ("c", "added", None, 4)]
+
+
+@pytest.mark.slow
+def test_a_version_of_100k_files_is_shown_a_page_at_a_time(tmp_path: Path) -> None:
+    url = str(tmp_path / "registry")
+    artfs("init", url)
+    reg = Registry(url)
+    digest = reg.put_blob("tester", b"x")
+    files = 100_000
+    reg.commit("tester", "p", "big", "dataset", Manifest(
+        Entry(f"big/f{i:06d}", 1, digest) for i in range(files)))
+    reg.close()
+    with serving({"ARTFS_REGISTRY": url}) as base:
+        page = requests.get(f"{base}/tester/p/big/v0", params={"folder": "big"},
+                            timeout=WAIT_S * 3)
+        assert page.status_code == 200 and "of 100,000" in page.text
+        assert len(re.findall(r'<tr class="file"', page.text)) == 200
+        assert len(page.content) < 200_000
+        last = requests.get(f"{base}/tester/p/big/v0",
+                            params={"folder": "big", "offset": files - 50}, timeout=WAIT_S)
+        shown = re.findall(r'<tr class="file" data-path="([^"]+)"', last.text)
+        assert shown == [f"big/f{i:06d}" for i in range(files - 50, files)]
+
+
+def test_parsed_manifests_are_kept_within_a_budget_of_entries(tmp_path: Path) -> None:
+    url = str(tmp_path / "registry")
+    artfs("init", url)
+    reg = Registry(url)
+    try:
+        digest = reg.put_blob("tester", b"x")
+        versions = []
+        for n in range(3):
+            reg.commit("tester", "p", "a", "t", Manifest(
+                Entry(f"f{n}-{i}", 1, digest) for i in range(10)))
+            versions.append(reg.version(ArtifactRef("tester", "p", "a", f"v{n}")))
+        kept = Manifests(reg, entries_kept=20)
+        first = kept.get(versions[0])
+        assert kept.get(versions[0]) is first  # read once
+        kept.get(versions[1])
+        kept.get(versions[2])  # 30 entries > 20: the least recently used goes
+        assert kept.get(versions[0]) is not first
+        assert kept.get(versions[2]) is kept.get(versions[2])
+    finally:
+        reg.close()

@@ -18,9 +18,10 @@ from ..listing import VersionListing
 from ..manifest import Entry, Manifest
 from ..registry import Registry, Version
 
-#: Manifests kept parsed, with their folder index: a 1 M-file manifest takes seconds to read
-#: and hundreds of MB in memory, so only the few versions someone is looking at are kept.
-MANIFESTS_KEPT = 4
+#: Manifests kept parsed, with their folder index, by their entries in all: a 1 M-file
+#: manifest took 18 s to read and 690 MB of memory here, so a diff of two such versions is
+#: kept and not more; small versions are kept many at a time.
+ENTRIES_KEPT = 2_000_000
 #: Version columns that are not metadata keys, and the Version field each sorts by.
 FIXED_COLUMNS = {"version": "version", "created": "created_at", "size": "size",
                  "files": "file_count"}
@@ -163,27 +164,42 @@ class FolderRow:
 
 
 class Manifests:
-    """The last few manifests asked for, parsed and indexed by folder, keyed by digest
-    (a version never changes, so nothing here goes stale)."""
+    """The last manifests asked for, parsed and indexed by folder, keyed by digest (a
+    version never changes, so nothing here goes stale). Two requests for the same version
+    read it once."""
 
-    def __init__(self, reg: Registry, kept: int = MANIFESTS_KEPT) -> None:
+    def __init__(self, reg: Registry, entries_kept: int = ENTRIES_KEPT) -> None:
         self.reg = reg
-        self.kept = kept
+        self.entries_kept = entries_kept
         self._lock = threading.Lock()
         self._items: OrderedDict[str, FolderIndex] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def _cached(self, digest: str) -> FolderIndex | None:
+        with self._lock:
+            found = self._items.get(digest)
+            if found is not None:
+                self._items.move_to_end(digest)
+            return found
 
     def get(self, version: Version) -> FolderIndex:
+        found = self._cached(version.digest)
+        if found is not None:
+            return found
         with self._lock:
-            found = self._items.get(version.digest)
+            loading = self._loading.setdefault(version.digest, threading.Lock())
+        with loading:
+            found = self._cached(version.digest)
             if found is not None:
-                self._items.move_to_end(version.digest)
                 return found
-        index = FolderIndex(self.reg.manifest(version))
-        with self._lock:
-            self._items[version.digest] = index
-            while len(self._items) > self.kept:
-                self._items.popitem(last=False)
-        return index
+            index = FolderIndex(self.reg.manifest(version))
+            with self._lock:
+                self._items[version.digest] = index
+                self._loading.pop(version.digest, None)
+                while len(self._items) > 1 and sum(
+                        len(i.manifest) for i in self._items.values()) > self.entries_kept:
+                    self._items.popitem(last=False)
+            return index
 
 
 @dataclass
