@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,10 +31,10 @@ WAIT_S = 60
 
 
 @contextmanager
-def serving(env: dict[str, str]) -> Iterator[str]:
-    """`artfs ui --port 0` as its own process with `env` added; yields the URL it prints
+def serving(env: dict[str, str], *args: str) -> Iterator[str]:
+    """`artfs ui --port 0 ARGS` as its own process with `env` added; yields the URL it prints
     (without the last slash). The process is always stopped."""
-    proc = subprocess.Popen([sys.executable, "-m", "artfs.cli", "ui", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "artfs.cli", "ui", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **env})
     try:
@@ -75,6 +76,20 @@ def test_pages_read_a_registry_of_every_store_kind(
         raw = requests.get(f"{base}/tester/uncategorized/data/v0/@raw/docs/readme.txt",
                            timeout=WAIT_S)
         assert raw.status_code == 200 and raw.content == text
+
+
+def test_open_hands_the_page_to_the_web_browser(tmp_path: Path) -> None:
+    url, opened = tmp_path / "registry", tmp_path / "opened"
+    artfs("init", str(url))
+    # $BROWSER is the command Python's webbrowser runs: here one that writes down the URL.
+    browser = f"/bin/sh -c 'echo $0 > {opened}.tmp && mv {opened}.tmp {opened}' %s"
+    with serving({"ARTFS_REGISTRY": str(url), "BROWSER": browser}, "--open") as base:
+        assert base.startswith("http://127.0.0.1:")  # loopback unless told otherwise
+        deadline = time.monotonic() + WAIT_S
+        while not opened.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert opened.read_text().strip() == base + "/"
+        assert requests.get(base + "/", timeout=WAIT_S).status_code == 200
 
 
 def test_ui_refuses_a_missing_registry_naming_it(tmp_path: Path) -> None:
