@@ -39,7 +39,7 @@ from .errors import ArtfsError, ArtifactNotFound, IntegrityError, ReferenceError
 from .hashing import copy_and_hash
 from .manifest import Entry, Manifest, walk_tree
 from .names import ArtifactRef, is_name, parse_version
-from .readahead import READ_AHEAD_MAX, WHOLE_FETCH_MAX, Sequential
+from .readahead import PART, READ_AHEAD_MAX, WHOLE_FETCH_MAX, Sequential
 from .registry import Registry, Version
 from .streamed import StreamedBlob
 
@@ -107,6 +107,8 @@ class ArtfsFileSystem(AbstractFileSystem, metaclass=_PerRegistry):
     #: Remote blobs up to this size are fetched whole and verified before any byte is served
     #: (the mount's rule); larger ones are read in ranges (`StreamedBlob`).
     whole_fetch_max = WHOLE_FETCH_MAX
+    #: Largest ranged GET of a streamed blob (the mount's `PART`).
+    part_size = PART
     #: How long a write waits for another process of this machine to let go of the staging
     #: areas of the registry before it fails naming the holder.
     staging_wait_s = STAGING_WAIT_S
@@ -447,7 +449,8 @@ class ArtfsFileSystem(AbstractFileSystem, metaclass=_PerRegistry):
                 blob = StreamedBlob(
                     digest, size, lambda off, n: blobs.read_range(key, off, n),
                     lambda file: blobs.adopt_streamed(digest, file),
-                    work / f"{digest}.{uuid.uuid4().hex[:8]}.partial", self._pool, self._hasher)
+                    work / f"{digest}.{uuid.uuid4().hex[:8]}.partial", self._pool, self._hasher,
+                    self.part_size)
                 self._streams[digest] = blob
             blob.users += 1
             return blob
