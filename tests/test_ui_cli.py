@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from artfs import keys
 from artfs.manifest import Entry, Manifest
 from artfs.names import ArtifactRef
 from artfs.registry import Registry
@@ -33,33 +35,35 @@ WAIT_S = 60
 @contextmanager
 def serving(env: dict[str, str], *args: str) -> Iterator[str]:
     """`artfs ui --port 0 ARGS` as its own process with `env` added; yields the URL it prints
-    (without the last slash). The process is always stopped."""
-    proc = subprocess.Popen([sys.executable, "-m", "artfs.cli", "ui", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **env})
-    try:
-        line: list[str] = []
-        assert proc.stdout is not None
-        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()),
-                                  daemon=True)
-        reader.start()
-        reader.join(WAIT_S)
-        found = re.search(r"(http://\S+/)", line[0] if line else "")
-        if found is None:
-            proc.kill()
-            raise AssertionError(f"artfs ui printed no URL: {line!r}; stderr: "
-                                 f"{proc.communicate(timeout=WAIT_S)[1]}")
-        yield found.group(1).rstrip("/")
-    finally:
-        proc.terminate()
+    (without the last slash). Its log goes to a file, so it never blocks on a full pipe; the
+    process is always stopped."""
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "artfs.cli", "ui", "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, **env})
         try:
-            proc.wait(WAIT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+            line: list[str] = []
+            assert proc.stdout is not None
+            reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()),
+                                      daemon=True)
+            reader.start()
+            reader.join(WAIT_S)
+            found = re.search(r"(http://\S+/)", line[0] if line else "")
+            if found is None:
+                proc.kill()
+                proc.wait()
+                log.seek(0)
+                raise AssertionError(f"artfs ui printed no URL: {line!r}; log: {log.read()}")
+            yield found.group(1).rstrip("/")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(WAIT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 def test_pages_read_a_registry_of_every_store_kind(
@@ -197,3 +201,17 @@ def test_parsed_manifests_are_kept_within_a_budget_of_entries(tmp_path: Path) ->
         assert kept.get(versions[2]) is kept.get(versions[2])
     finally:
         reg.close()
+
+
+def test_a_damaged_record_gives_an_error_page_naming_it_not_a_traceback(tmp_path: Path) -> None:
+    url = tmp_path / "registry"
+    artfs("init", str(url))
+    reg = Registry(str(url))
+    reg.commit("tester", "p", "a", "t", Manifest([Entry("f", 1, reg.put_blob("tester", b"x"))]))
+    reg.close()
+    record = keys.artifact("tester", "p", "a").version(0)
+    (url / record).write_text("{not json")
+    with serving({"ARTFS_REGISTRY": str(url)}) as base:
+        page = requests.get(f"{base}/tester/p/a/v0", timeout=WAIT_S)
+    assert page.status_code == 500 and page.headers["Content-Type"].startswith("text/html")
+    assert record in html.unescape(page.text) and "Traceback" not in page.text
