@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from artfs import staging
+from artfs import staging, staging_tree
 from artfs.errors import StoreError
 from artfs.names import ArtifactRef
 from artfs.registry import Registry, Source
@@ -233,7 +233,7 @@ def test_deferred_checkpoints_copy_the_wal_and_empty_it_past_the_cap(
     assert grown > 1100 * 4096  # by default a change checkpoints past 1,000 pages
     area.checkpoint()
     assert wal.stat().st_size == grown  # copied, kept: the next change starts it over
-    monkeypatch.setattr(staging, "WAL_CAP", 4096)
+    monkeypatch.setattr(staging_tree, "WAL_CAP", 4096)
     area.create_file(ROOT, "last")
     area.checkpoint()
     assert wal.stat().st_size == 0

@@ -147,7 +147,7 @@ class StagedFS:
         if held is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         s = os.fstat(held.fd)
-        return self.make_attrs(self.inode(area, node_id), stat.S_IFREG | staging.FILE_MODE,
+        return self.make_attrs(self.inode(area, node_id), stat.S_IFREG | staging.FILE_PERMS,
                                s.st_size, s.st_mtime_ns, STAGING_TTL_S, ctime_ns=s.st_ctime_ns,
                                nlink=0)
 
