@@ -11,7 +11,7 @@ import re
 import shutil
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -148,12 +148,18 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
         driver.quit()
 
 
-def _click(browser: webdriver.Chrome, text: str) -> None:
-    """Follow the link whose text is `text`, as a user would, and wait for the next page."""
+def _navigate(browser: webdriver.Chrome, action: Callable[[], object]) -> None:
+    """Do `action` (a click, a choice) and wait until the page it leads to has replaced this
+    one."""
     old = browser.find_element(By.TAG_NAME, "html")
-    browser.find_element(By.LINK_TEXT, text).click()
+    action()
     WebDriverWait(browser, WAIT_S).until(lambda d: old.id != d.find_element(By.TAG_NAME,
                                                                             "html").id)
+
+
+def _click(browser: webdriver.Chrome, text: str) -> None:
+    """Follow the link whose text is `text`, as a user would."""
+    _navigate(browser, browser.find_element(By.LINK_TEXT, text).click)
 
 
 def _texts(browser: webdriver.Chrome, css: str) -> list[str]:
@@ -253,7 +259,8 @@ def test_the_lineage_graph_links_every_node_upstream_and_downstream(
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg#lineage path.edge")) == 6
     xs = [float(found[k].find_element(By.TAG_NAME, "rect").get_attribute("x")) for k in chain]
     assert xs == sorted(xs) and len(set(xs)) == len(chain)  # inputs left, users right
-    _click(browser, "1")  # one run each way
+    # One run each way:
+    _navigate(browser, browser.find_element(By.CSS_SELECTOR, 'a.depth[href*="depth=1#"]').click)
     shown = {n.get_dom_attribute("data-node") for n in browser.find_elements(
         By.CSS_SELECTOR, "svg#lineage a.node")}
     assert shown == {f"v:{q}/raw:v0", f"r:{q}/{runs['preprocess']}", f"v:{q}/clean:v2",
@@ -302,10 +309,8 @@ def test_the_chart_has_a_point_per_version_and_a_chooser_for_the_key(
     assert len(points) == len(CLEAN)
     ys = [float(y) for _, y in points]
     assert ys[0] > ys[1] > ys[2]  # accuracy rises; SVG y grows downwards
-    old = browser.find_element(By.TAG_NAME, "html")
-    Select(browser.find_element(By.ID, "chart-key")).select_by_visible_text("loss")
-    WebDriverWait(browser, WAIT_S).until(lambda d: old.id != d.find_element(By.TAG_NAME,
-                                                                            "html").id)
+    _navigate(browser, lambda: Select(browser.find_element(By.ID, "chart-key"))
+              .select_by_visible_text("loss"))  # ui.js submits the chooser on change
     chart = browser.find_element(By.ID, "chart")
     assert chart.get_attribute("data-key") == "loss"
     ys = [float(y) for _, y in re.findall(r"[ML] ([\d.]+) ([\d.]+)", chart.find_element(
@@ -318,10 +323,7 @@ def test_the_diff_of_two_versions_lists_files_and_metadata_changes(
     browser.get(f"{server}/{ENTITY}/{PROJECT}/clean")
     Select(browser.find_element(By.ID, "diff-a")).select_by_visible_text("v0")
     Select(browser.find_element(By.ID, "diff-b")).select_by_visible_text("v2")
-    old = browser.find_element(By.TAG_NAME, "html")
-    browser.find_element(By.ID, "diff-go").click()
-    WebDriverWait(browser, WAIT_S).until(lambda d: old.id != d.find_element(By.TAG_NAME,
-                                                                            "html").id)
+    _navigate(browser, browser.find_element(By.ID, "diff-go").click)
     assert browser.save_screenshot(str(tmp_path / "ui-diff.png"))
 
     def paths(table: str) -> list[str]:
