@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,7 +59,7 @@ class Source:
     path: str
     file: Path | str
     expect: tuple[int, int, int, int] | None = None
-    #: Set for a file captured when it was added (`Blobs.capture`): `file` is then artfs's own
+    #: Set for a file captured when it was added (`capture.Copies`): `file` is then artfs's own
     #: copy of the bytes (a registry blob or a cache spool file), whose SHA-256 is this.
     digest: str | None = None
 
@@ -188,62 +187,6 @@ class Blobs:
         with ThreadPoolExecutor(self.workers) as pool:
             found = pool.map(lambda d: (d, self.has_blob(entity, d)), digests)
             return {d for d, ok in found if ok}
-
-    def capture(
-        self, entity: str, items: Iterable[tuple[str, str, os.stat_result | None]],
-        spool: Path | None = None,
-    ) -> tuple[list[Source], Path | None]:
-        """Keep the bytes each (entry path, file, stat) holds now, whatever the file becomes.
-
-        W&B's `policy="mutable"`, with one copy, never two: a store whose keys are local files
-        gets the bytes straight into its blob store; elsewhere they go into `spool`, a folder
-        of the local cache that eviction leaves alone until the upload is done
-        (`BlobCache.adopt_spool`). A file whose stat matches the hash table, with its blob
-        already at hand, is not read at all. Returns the sources to log and the spool folder
-        (created when first needed).
-        """
-        items = list(items)
-        stats = {}
-        for _, file, st in items:
-            try:
-                stats[file] = st if st is not None else os.stat(file)
-            except OSError as e:
-                raise SourceError(f"cannot read source {file}: {e.strerror}") from e
-        known = self.hashes.lookup((f, stat_key(st)) for f, st in stats.items())
-        in_store = self.store.local_path(keys.MARKER) is not None
-        if not in_store and spool is None:
-            spool = self.cache.new_spool()
-        fresh: list[tuple[str, os.stat_result, str]] = []
-
-        def keep(item: tuple[str, str, os.stat_result | None]) -> Source:
-            path, file, _ = item
-            digest = known.get(file)
-            if in_store:
-                if digest is None or not self.has_blob(entity, digest):
-                    digest, st = self._upload(entity, Path(file))
-                    fresh.append((file, st, digest))
-                copy = self.store.local_path(keys.blob(entity, digest))
-            else:
-                assert spool is not None
-                if digest is None or not self.cache.link_into(digest, spool):
-                    tmp = spool / f".{uuid.uuid4().hex}"
-                    try:
-                        digest, st = copy_and_hash(file, tmp)
-                        os.replace(tmp, spool / digest)
-                    finally:
-                        tmp.unlink(missing_ok=True)
-                    fresh.append((file, st, digest))
-                copy = spool / digest
-            assert copy is not None
-            return Source(path, copy, stat_key(os.stat(copy)), digest)
-
-        if len(items) <= 1 or self.workers == 1:
-            sources = [keep(i) for i in items]
-        else:
-            with ThreadPoolExecutor(self.workers) as pool:
-                sources = list(pool.map(keep, items))
-        self.hashes.record(fresh)
-        return sources, spool
 
     def ingest_files(
         self,

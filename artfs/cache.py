@@ -165,17 +165,6 @@ class BlobCache:
         spool.mkdir(parents=True)
         return spool
 
-    def link_into(self, digest: str, spool: Path) -> bool:
-        """Hard-link a cached blob into `spool` (no copy, and it survives eviction); False if
-        the cache does not hold it."""
-        try:
-            os.link(self.path(digest), spool / digest)
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            return False
-        return True
-
     def adopt_spool(self, spool: Path, *, keep: bool = True) -> None:
         """Once uploaded, spooled blobs become ordinary cache entries (a rename each), or are
         dropped when `keep` is false (W&B's `skip_cache`)."""

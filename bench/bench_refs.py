@@ -85,7 +85,7 @@ def run(quick: bool) -> list[Row]:
             def ours(uri: str = uri) -> None:
                 art = sdk.Artifact("bench", type="dataset")
                 art.add_reference(uri, max_objects=count)
-                assert len(art._refs) == count
+                assert len(art._contents.refs) == count
 
             def base(bucket: str = bucket, op: str = "list_objects_v2") -> None:
                 assert plain_listing(baseline_client, bucket, "data/", op) == count

@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
-import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from artfs import config, refs, transfer
-from artfs.cache import BlobCache
 from artfs.errors import ArtfsError, DuplicateEntry, SourceError
-from artfs.hashing import hash_file, stat_key
+from artfs.hashing import hash_file
 from artfs.manifest import Entry as ManifestEntry
 from artfs.names import ArtifactRef, check_entry_path, check_name
-from artfs.registry import Registry, RunRecord, Source, Version
+from artfs.registry import Registry, RunRecord, Version
 
-from . import session
+from .contents import POLICIES, DraftContents, Item, entry_path, scan
 
 if TYPE_CHECKING:
     from .wandb_run import Run
 
-POLICIES = ("mutable", "immutable")
+__all__ = ["POLICIES", "Artifact", "ArtifactManifest", "ArtifactStateError", "Entry"]
 
 
 class ArtifactStateError(ArtfsError):
@@ -37,11 +34,28 @@ class Entry:
 
     def __init__(self, artifact: Artifact, entry: ManifestEntry) -> None:
         self._artifact = artifact
-        self._entry = entry
+        self._path = entry.path
+        self._held: ManifestEntry | None = entry
+        self._make: Callable[[], ManifestEntry] | None = None
+
+    @classmethod
+    def _later(cls, artifact: Artifact, path: str, make: Callable[[], ManifestEntry]) -> Entry:
+        """A draft's entry whose file may still be hashed in the background: made when its
+        digest (or anything else but the path) is asked for."""
+        entry = cls.__new__(cls)
+        entry._artifact, entry._path, entry._held, entry._make = artifact, path, None, make
+        return entry
+
+    @property
+    def _entry(self) -> ManifestEntry:
+        if self._held is None:
+            assert self._make is not None
+            self._held = self._make()
+        return self._held
 
     @property
     def path(self) -> str:
-        return self._entry.path
+        return self._path
 
     #: W&B's `File.name` of `artifact.files()`.
     name = path
@@ -82,7 +96,7 @@ class Entry:
         return isinstance(other, Entry) and other._entry == self._entry
 
     def __hash__(self) -> int:
-        return hash(self._entry.path)
+        return hash(self.path)
 
     def __repr__(self) -> str:
         return f"<Entry {self.path!r} of {self._artifact}>"
@@ -91,8 +105,9 @@ class Entry:
 class ArtifactManifest(Mapping[str, Entry]):
     """W&B's `artifact.manifest`: `entries` maps each path to its Entry."""
 
-    def __init__(self, artifact: Artifact, entries: Mapping[str, ManifestEntry]) -> None:
-        self.entries: dict[str, Entry] = {p: Entry(artifact, e) for p, e in entries.items()}
+    def __init__(self, artifact: Artifact, entries: Mapping[str, ManifestEntry | Entry]) -> None:
+        self.entries: dict[str, Entry] = {
+            p: e if isinstance(e, Entry) else Entry(artifact, e) for p, e in entries.items()}
 
     def __getitem__(self, path: str) -> Entry:
         return self.entries[path]
@@ -128,18 +143,10 @@ class Artifact:
         self.description = description
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.aliases: list[str] = []
-        #: Local files to store: captured copies (policy "mutable") or the files themselves.
-        self._sources: dict[str, Source] = {}
-        #: The user's file each of `_sources` came from, for messages and duplicate checks.
-        self._origins: dict[str, str] = {}
-        self._refs: dict[str, ManifestEntry] = {}
-        #: Entries taken over from the version a `new_draft()` started from: already stored.
-        self._kept: dict[str, ManifestEntry] = {}
+        self._contents = DraftContents(self._name)
         #: Where a `new_draft()` must be logged: its version's entity and project (as W&B).
         self._home: tuple[str, str] | None = None
         self._tmpdir: tempfile.TemporaryDirectory | None = None
-        self._spool: Path | None = None
-        self._spool_cache: BlobCache | None = None
         self._skip_cache = False
         self._registry: Registry | None = None
         self._version: Version | None = None
@@ -202,8 +209,7 @@ class Artifact:
         v = self._settled()
         if v is not None:
             return v.size
-        return (sum(s.expect[0] for s in self._sources.values() if s.expect)
-                + sum(e.size or 0 for e in (*self._refs.values(), *self._kept.values())))
+        return self._contents.size()
 
     @property
     def file_count(self) -> int:
@@ -246,72 +252,6 @@ class Artifact:
                 "Artifact to make another version"
             )
 
-    def _occupant(self, path: str) -> str | None:
-        """What already holds `path` in this draft, said for an error message."""
-        if path in self._sources:
-            return f"added from {self._origins[path]}"
-        if path in self._refs:
-            return f"a reference to {self._refs[path].ref}"
-        if path in self._kept:
-            return "kept from the version this draft was made from"
-        return None
-
-    def _digest_at(self, path: str) -> str | None:
-        if path in self._sources:
-            return self._sources[path].digest
-        held = self._refs.get(path) or self._kept.get(path)
-        return held.digest if held else None
-
-    def _drop(self, path: str) -> None:
-        self._sources.pop(path, None)
-        self._origins.pop(path, None)
-        self._refs.pop(path, None)
-        self._kept.pop(path, None)
-
-    def _add_files(
-        self, items: list[tuple[str, str, os.stat_result | None]], policy: str,
-        overwrite: bool,
-    ) -> list[str]:
-        """Add (entry path, file, stat) items; returns the entry paths now holding them.
-
-        A path already taken is kept when it holds the same bytes (the same file, or the same
-        digest), replaced with `overwrite`, and refused otherwise, naming both. Nothing changes
-        in the draft when one item is refused.
-        """
-        if policy not in POLICIES:
-            raise ValueError(f"invalid policy {policy!r} for artifact {self._name}: "
-                             "use 'mutable' or 'immutable'")
-        for path, file, _ in items:
-            if path in self._refs and not overwrite:
-                raise DuplicateEntry(f"artifact {self._name}: {path!r} is already "
-                                     f"{self._occupant(path)}; cannot add {file} there")
-        if policy == "mutable":
-            registry, entity = session.capture_target()
-            sources, spool = registry.blobs.capture(entity, items, self._spool)
-            if spool is not None and self._spool is None:
-                self._spool, self._spool_cache = spool, registry.cache
-                weakref.finalize(self, registry.cache.drop_spool, spool)
-        else:
-            sources = [Source(path, file, stat_key(st if st is not None else os.stat(file)))
-                       for path, file, st in items]
-        added: list[tuple[Source, str]] = []
-        for src, (path, file, _) in zip(sources, items, strict=True):
-            taken = self._occupant(path)
-            if taken is not None and not overwrite:
-                same_file = path in self._origins and _same_file(self._origins[path], file)
-                if same_file or (src.digest is not None and src.digest == self._digest_at(path)):
-                    continue
-                raise DuplicateEntry(
-                    f"artifact {self._name}: {path!r} is already {taken}; cannot add {file} "
-                    "under the same name (pass overwrite=True to replace it)"
-                )
-            added.append((src, file))
-        for src, file in added:
-            self._drop(src.path)
-            self._sources[src.path] = src
-            self._origins[src.path] = file
-        return [s.path for s, _ in added]
-
     def add_file(
         self,
         local_path: str | os.PathLike,
@@ -337,7 +277,7 @@ class Artifact:
             raise SourceError(f"artifact {self._name}: source file {file} is not readable")
         path = check_entry_path(name if name is not None else file.name)
         self._skip_cache = self._skip_cache or bool(skip_cache)
-        self._add_files([(path, str(file), None)], policy or "mutable", overwrite)
+        self._contents.add_files([(path, str(file), None)], policy or "mutable", overwrite)
         if is_tmp:
             path = self._rename_by_digest(path)
         return self._entry_of(path)
@@ -345,23 +285,16 @@ class Artifact:
     def _rename_by_digest(self, path: str) -> str:
         """W&B's `is_tmp`: the file name becomes a digest prefix, so temporary files of one
         name never collide. Returns the new entry path."""
-        src = self._sources[path]
+        src = self._contents.sources[path]
         digest = src.digest or hash_file(src.file)[0]
         folder, _, leaf = path.rpartition("/")
         _, dot, ext = leaf.partition(".")
         new = (f"{folder}/" if folder else "") + digest[:20] + dot + ext
-        origin = self._origins[path]
-        self._drop(path)
-        self._sources[new] = Source(new, src.file, src.expect, src.digest)
-        self._origins[new] = origin
+        self._contents.rename(path, new)
         return new
 
     def _entry_of(self, path: str) -> Entry:
-        held = self._refs.get(path) or self._kept.get(path)
-        if held is None:
-            src = self._sources[path]
-            held = ManifestEntry(path, src.expect[0] if src.expect else None, src.digest)
-        return Entry(self, held)
+        return Entry._later(self, path, lambda: self._contents.entry(path))
 
     def add_dir(
         self,
@@ -380,13 +313,13 @@ class Artifact:
         if not os.path.isdir(root):
             raise SourceError(f"artifact {self._name}: source directory {root} does not exist")
         prefix = check_entry_path(name) + "/" if name else ""
-        found: list[tuple[str, str, os.stat_result | None]] = []
-        self._scan(root, prefix, found)
+        found: list[Item] = []
+        scan(self._name, root, prefix, found)
         for path, _, _ in found:
             if "\\" in path:
                 check_entry_path(path)
         self._skip_cache = self._skip_cache or bool(skip_cache)
-        self._add_files(found, policy or "mutable", merge)
+        self._contents.add_files(found, policy or "mutable", merge)
 
     @classmethod
     def from_dir(
@@ -404,34 +337,6 @@ class Artifact:
         art.add_dir(local_path)
         return art
 
-    def _scan(self, folder: str, prefix: str,
-              out: list[tuple[str, str, os.stat_result | None]]) -> None:
-        """Collect (entry path, file, stat) below `folder` with one stat per file: add_dir of
-        10,000 files must stay far below the 0.2 s a whole unchanged re-log may take."""
-        try:
-            with os.scandir(folder) as it:
-                items = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            raise SourceError(f"cannot read source directory {folder}: {e.strerror}") from e
-        for item in items:
-            if item.is_dir():
-                self._scan(item.path, f"{prefix}{item.name}/", out)
-                continue
-            try:
-                st = item.stat()
-            except OSError:
-                st = None
-            if st is None or not stat.S_ISREG(st.st_mode):
-                # A dangling symlink, FIFO or socket: skipping it would silently drop
-                # something the user expects in the artifact.
-                raise SourceError(
-                    f"artifact {self._name}: {item.path} is not a regular file "
-                    "(dangling symlink, FIFO or socket)"
-                )
-            # Readability is not checked here: a file that must be read fails then, naming it,
-            # and an unchanged re-log of 10,000 files cannot afford another syscall per file.
-            out.append((prefix + item.name, item.path, st))
-
     @contextmanager
     def new_file(
         self, name: str, mode: str = "x", encoding: str | None = None,
@@ -444,9 +349,9 @@ class Artifact:
         if mode not in ("w", "wb", "x", "xb"):
             raise ValueError(f"new_file mode must be 'x', 'w', 'xb' or 'wb', not {mode!r}")
         overwrite = "w" in mode
-        if not overwrite and self._occupant(path) is not None:
-            raise DuplicateEntry(f"artifact {self._name}: {path!r} is already "
-                                 f"{self._occupant(path)}")
+        taken = self._contents.occupant(path)
+        if not overwrite and taken is not None:
+            raise DuplicateEntry(f"artifact {self._name}: {path!r} is already {taken}")
         if self._tmpdir is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="artfs-new-")
         file = Path(self._tmpdir.name) / path
@@ -454,7 +359,7 @@ class Artifact:
         kwargs = {} if "b" in mode else {"encoding": encoding or "utf-8"}
         with open(file, mode.replace("x", "w"), **kwargs) as f:
             yield f
-        self._add_files([(path, str(file), None)], policy, overwrite=True)
+        self._contents.add_files([(path, str(file), None)], policy, overwrite=True)
         if policy == "mutable":
             file.unlink()  # its bytes were captured: one copy on disk, not two
 
@@ -468,12 +373,7 @@ class Artifact:
         self._draft()
         limit = config.max_objects() if max_objects is None else max_objects
         entries = refs.expand(uri, name, checksum, limit)
-        for e in entries:
-            taken = self._occupant(e.path)
-            if taken is not None and self._refs.get(e.path) != e:
-                raise DuplicateEntry(f"artifact {self._name}: {e.path!r} is already {taken}")
-        for e in entries:
-            self._refs[e.path] = e
+        self._contents.add_refs(entries)
         return [Entry(self, e) for e in entries]
 
     def remove(self, item: str | os.PathLike | Entry) -> None:
@@ -482,17 +382,7 @@ class Artifact:
         Raises FileNotFoundError naming the path when the draft holds nothing there.
         """
         self._draft()
-        path = item.path if isinstance(item, Entry) else str(PurePosixPath(os.fspath(item)))
-        held = [*self._sources, *self._refs, *self._kept]
-        if path in held:
-            self._drop(path)
-            return
-        below = [p for p in held if p.startswith(path.rstrip("/") + "/")]
-        if not below:
-            raise FileNotFoundError(f"artifact {self._name}: no file or folder {path!r} to "
-                                    "remove")
-        for p in below:
-            self._drop(p)
+        self._contents.remove(item.path if isinstance(item, Entry) else entry_path(item))
 
     # -- logging ------------------------------------------------------------------------------
     def _destination(self, entity: str, project: str) -> tuple[str, str]:
@@ -517,13 +407,14 @@ class Artifact:
                 except BaseException:  # noqa: BLE001 - that log reports its own error
                     pass
 
+        sources, ready = self._contents.to_log(registry, entity)
         result = registry.log_version(
             entity,
             project,
             self._name,
             self._type,
-            self._sources.values(),
-            [*self._refs.values(), *self._kept.values()],
+            sources,
+            ready,
             aliases=aliases,
             description=self.description,
             metadata=self.metadata,
@@ -534,8 +425,7 @@ class Artifact:
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
-        if self._spool is not None and self._spool_cache is not None:
-            self._spool_cache.adopt_spool(self._spool, keep=not self._skip_cache)
+        self._contents.logged(keep_cache=not self._skip_cache)
         return result.version
 
     def _bind(self, registry: Registry, version: Version,
@@ -581,7 +471,7 @@ class Artifact:
         """
         v = self._logged()
         draft = Artifact(self._name, self._type, self.description, dict(self.metadata))
-        draft._kept = {p: e._entry for p, e in self.manifest.entries.items()}
+        draft._contents.kept = {p: e._entry for p, e in self.manifest.entries.items()}
         draft._home = (v.entity, v.project)
         return draft
 
@@ -590,10 +480,9 @@ class Artifact:
     def manifest(self) -> ArtifactManifest:
         """Every entry by path; a draft's holds what was added so far."""
         if self.is_draft():
-            entries = {**self._kept, **self._refs}
-            for p, s in self._sources.items():
-                entries[p] = ManifestEntry(p, s.expect[0] if s.expect else None, s.digest)
-            return ArtifactManifest(self, entries)
+            c = self._contents
+            return ArtifactManifest(self, {**c.kept, **c.refs,
+                                           **{p: self._entry_of(p) for p in c.sources}})
         if self._manifest is None:
             reg = self._client()
             self._manifest = ArtifactManifest(self, reg.manifest(self._logged()))
@@ -610,7 +499,7 @@ class Artifact:
         return [entries[p] for p in wanted]
 
     def get_entry(self, name: str | os.PathLike) -> Entry:
-        path = check_entry_path(str(PurePosixPath(os.fspath(name))))
+        path = check_entry_path(entry_path(name))
         try:
             return self.manifest.entries[path]
         except KeyError:

@@ -111,7 +111,7 @@ def test_missing_source_file_is_named(tmp_path: Path) -> None:
     art = sdk.Artifact("ds", type="dataset")
     with pytest.raises(SourceError, match="nope.txt"):
         art.add_file(tmp_path / "nope.txt")
-    assert art._sources == {}
+    assert art._contents.sources == {}
 
 
 def test_dangling_symlink_source_is_named(tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ def test_unreadable_entry_inside_add_dir_is_named_and_adds_nothing(
     art = sdk.Artifact("ds", type="dataset")
     with pytest.raises(SourceError, match="zz-bad"):
         art.add_dir(root)
-    assert art._sources == {}
+    assert art._contents.sources == {}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="drops privileges from root to nobody")
@@ -226,7 +226,7 @@ def test_two_different_files_under_one_name_are_refused(tmp_path: Path) -> None:
     art.add_file(tmp_path / "a" / "x.txt")
     with pytest.raises(DuplicateEntry, match="x.txt"):
         art.add_file(tmp_path / "b" / "x.txt")
-    assert list(art._origins.values()) == [str(tmp_path / "a" / "x.txt")]
+    assert list(art._contents.origins.values()) == [str(tmp_path / "a" / "x.txt")]
 
 
 def test_adding_the_same_file_twice_is_harmless(tmp_path: Path) -> None:
@@ -234,7 +234,7 @@ def test_adding_the_same_file_twice_is_harmless(tmp_path: Path) -> None:
     art = sdk.Artifact("ds", type="dataset")
     art.add_file(tmp_path / "x.txt")
     art.add_file(tmp_path / "x.txt")
-    assert list(art._sources) == ["x.txt"]
+    assert list(art._contents.sources) == ["x.txt"]
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../escape", "a/../../escape", "a\\b"])
@@ -252,7 +252,7 @@ def test_entry_name_that_could_escape_is_refused(tmp_path: Path, name: str, how:
         else:
             with art.new_file(name) as f:
                 f.write("x")
-    assert art._sources == {} and art._refs == {}
+    assert art._contents.sources == {} and art._contents.refs == {}
 
 
 # -- names that do not exist --------------------------------------------------------------------

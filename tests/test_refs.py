@@ -401,7 +401,7 @@ def test_prefix_over_the_limit_is_a_clear_error(request: pytest.FixtureRequest,
     with pytest.raises(TooManyObjects, match="ARTFS_MAX_OBJECTS=5"):
         art.add_reference(prefix)
     art.add_reference(prefix, max_objects=5)
-    assert len(art._refs) == 5
+    assert len(art._contents.refs) == 5
 
 
 def test_count_past_the_limit_is_bounded(s3_source: S3Source,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import artfs.capture
 import artfs.hashing
 import sdk
 from artfs.errors import DuplicateEntry, FileChangedError
@@ -105,23 +106,91 @@ def test_unknown_policy_is_refused_naming_it(tmp_path: Path) -> None:
     art = sdk.Artifact("ds", type="dataset")
     with pytest.raises(ValueError, match="'sometimes'"):
         art.add_file(tmp_path / "a.txt", policy="sometimes")  # type: ignore[arg-type]
-    assert art._sources == {}
+    assert art._contents.sources == {}
+
+
+BIG = 5 * 1024 * 1024  # above the small-file limit: copied by the kernel, hashed in the back
+
+
+def bytes_on_disk(*roots: Path) -> int:
+    """Bytes of the files of at least 64 KiB below `roots`: copies of what was added, not the
+    records and tables beside them."""
+    return sum(p.stat().st_size for r in roots if r.exists() for p in r.rglob("*")
+               if p.is_file() and p.stat().st_size >= 64 * 1024)
+
+
+def artfs_disk(registry_url: str, tmp_path: Path) -> int:
+    """What artfs holds on this machine: the cache, and a local registry's folder."""
+    roots = [tmp_path / "cache"]
+    if not registry_url.startswith(("s3:", "gs:")):
+        roots.append(Path(registry_url))
+    return bytes_on_disk(*roots)
 
 
 @pytest.mark.parametrize("registry_url", ["local"], indirect=True)
-def test_capture_on_a_local_registry_writes_the_blob_and_nothing_else(
+def test_capture_on_a_local_registry_keeps_one_copy_which_becomes_the_blob(
         registry_url: str, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
-    data = b"x" * (5 * 1024 * 1024)  # above the small-file limit: the copy-while-hashing path
+    data = b"x" * BIG
     src.write_bytes(data)
     art = sdk.Artifact("ds", type="dataset")
     art.add_file(src)
-    reg = Registry(registry_url)
-    blob = Path(registry_url) / reg.blob_key(ENTITY, sha(data))
-    assert blob.read_bytes() == data  # in the blob store at add time, before any log
-    assert not list((tmp_path / "cache").rglob("spool/*/*"))  # no second copy anywhere
+    src.write_bytes(b"y" * BIG)
+    assert artfs_disk(registry_url, tmp_path) == BIG  # one copy, in the registry's own disk
     log(art)
+    blob = Path(registry_url) / Registry(registry_url).blob_key(ENTITY, sha(data))
     assert list(Path(registry_url).rglob("blobs/*/*")) == [blob]
+    assert blob.read_bytes() == data
+    assert artfs_disk(registry_url, tmp_path) == BIG  # renamed into the blob store: no copy
+
+
+@pytest.mark.parametrize("registry_url", ["local", "s3"], indirect=True)
+def test_a_draft_digest_asked_before_the_log_is_the_content_at_add_time(
+        registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hashed: list[str] = []
+    real = artfs.capture.hash_file
+    monkeypatch.setattr(artfs.capture, "hash_file", lambda p: hashed.append(p) or real(p))
+    big, small = tmp_path / "big.bin", tmp_path / "small.txt"
+    big.write_bytes(b"b" * BIG)
+    small.write_text("small as added")
+    art = sdk.Artifact("ds", type="dataset")
+    entry = art.add_file(big)
+    art.add_file(small)
+    big.write_bytes(b"B" * BIG)
+    small.write_text("changed")
+    assert entry.digest == sha(b"b" * BIG)
+    assert art.manifest.entries["big.bin"].digest == sha(b"b" * BIG)
+    assert art.get_entry("small.txt").digest == sha(b"small as added")
+    log(art)
+    assert len(hashed) == 1  # the copy of big.bin, hashed once whoever asked
+    assert art.get_entry("big.bin").digest == sha(b"b" * BIG)
+    assert contents(art.download(tmp_path / "out")) == {"big.bin": b"b" * BIG,
+                                                        "small.txt": b"small as added"}
+
+
+@pytest.mark.parametrize("registry_url", ["local", "s3"], indirect=True)
+def test_copies_of_removed_replaced_and_dropped_entries_leave_nothing_behind(
+        registry_url: str, tmp_path: Path) -> None:
+    import gc
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"a" * BIG)
+    b.write_bytes(b"b" * BIG)
+    art = sdk.Artifact("ds", type="dataset")
+    art.add_file(a, name="model.bin")
+    art.add_file(b, name="other.bin")
+    assert artfs_disk(registry_url, tmp_path) == 2 * BIG
+    art.remove("other.bin")
+    assert artfs_disk(registry_url, tmp_path) == BIG
+    art.add_file(b, name="model.bin", overwrite=True)
+    assert artfs_disk(registry_url, tmp_path) == BIG
+    with pytest.raises(DuplicateEntry, match="model.bin"):
+        art.add_file(a, name="model.bin")
+    assert artfs_disk(registry_url, tmp_path) == BIG  # the refused copy is gone too
+    del art
+    gc.collect()
+    assert artfs_disk(registry_url, tmp_path) == 0
+    assert Registry(registry_url).artifacts(ENTITY, PROJECT) == []
 
 
 @pytest.mark.parametrize("registry_url", ["s3"], indirect=True)
@@ -132,7 +201,7 @@ def test_capture_on_a_remote_registry_is_spooled_then_becomes_evictable_cache(
     art = sdk.Artifact("ds", type="dataset")
     art.add_file(src)
     digest = sha(b"remote bytes")
-    assert [p.name for p in (tmp_path / "cache").rglob("spool/*/*")] == [digest]
+    assert [p.read_bytes() for p in (tmp_path / "cache").rglob("spool/*/*")] == [b"remote bytes"]
     log(art)
     assert not list((tmp_path / "cache").rglob("spool/*/*"))
     cache = Registry(registry_url).cache

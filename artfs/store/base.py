@@ -149,6 +149,11 @@ class Store(ABC):
         """Delete temporary files abandoned by dead writers; returns how many."""
         return 0
 
+    def temp_path(self) -> Path | None:
+        """A fresh temporary file name on the disk of the store's keys, where a file can be
+        written and later renamed under a key; None where keys are not local files."""
+        return None
+
     def local_path(self, key: str) -> Path | None:
         """A file holding the key's bytes on this machine, when the store is a local directory.
 
