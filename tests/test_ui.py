@@ -17,14 +17,13 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.select import Select
+from selenium.webdriver.support.ui import WebDriverWait
 
 import sdk
 from tests.test_ui_cli import serving
-
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.select import Select  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ENTITY, PROJECT = "tester", "pipeline"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -33,10 +32,6 @@ WAIT_S = 60
 #: Files in one folder of raw:v0: more than a page of the version's file listing (200).
 MANY = 230
 SCREENSHOT_COPY = Path("/work/notes/ui-version.png")
-
-pytestmark = pytest.mark.skipif(
-    not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
-    reason="Debian's chromium and chromium-driver are not installed (make test installs them)")
 
 
 def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
@@ -133,6 +128,10 @@ def server(registry: tuple[str, dict[str, str]], tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
     """Headless chromium through the system chromedriver (nothing downloaded). Always quit."""
+    for program in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(program, os.X_OK):
+            pytest.fail(f"{program} is missing: install Debian's chromium and chromium-driver "
+                        "(`make test` does)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
