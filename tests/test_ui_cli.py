@@ -24,7 +24,14 @@ from artfs import keys
 from artfs.manifest import Entry, Manifest
 from artfs.names import ArtifactRef
 from artfs.registry import Registry
-from artfs.ui.model import FolderIndex, Manifests, diff_versions, flatten, sort_versions
+from artfs.ui.model import (
+    FolderIndex,
+    Manifests,
+    diff_versions,
+    flatten,
+    metadata_keys,
+    sort_versions,
+)
 from tests.mount_fixtures import artfs
 
 DIGEST = "ab" * 32
@@ -215,3 +222,9 @@ def test_a_damaged_record_gives_an_error_page_naming_it_not_a_traceback(tmp_path
         page = requests.get(f"{base}/tester/p/a/v0", timeout=WAIT_S)
     assert page.status_code == 500 and page.headers["Content-Type"].startswith("text/html")
     assert record in html.unescape(page.text) and "Traceback" not in page.text
+
+
+def test_a_key_numeric_in_some_versions_can_be_charted() -> None:
+    vs = [_version(0, {"acc": 0.5, "name": "a"}), _version(1, {"acc": "n/a"}),
+          _version(2, {"acc": 0.7, "eval": {"f1": True}})]
+    assert metadata_keys(vs) == (["acc", "eval.f1", "name"], ["acc"])

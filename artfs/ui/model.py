@@ -79,13 +79,16 @@ def all_versions(reg: Registry, entity: str, project: str, name: str) -> list[Ve
 
 
 def metadata_keys(versions: list[Version]) -> tuple[list[str], list[str]]:
-    """(every flattened metadata key, the keys whose values are all numbers), sorted."""
-    seen: dict[str, bool] = {}
+    """(every flattened metadata key, the keys a chart can draw: a number in some version;
+    versions where it is text or missing are left out of the line), sorted."""
+    keys: set[str] = set()
+    numeric: set[str] = set()
     for v in versions:
         for key, value in flatten(v.metadata).items():
-            seen[key] = seen.get(key, True) and is_number(value)
-    keys = sorted(seen)
-    return keys, [k for k in keys if seen[k]]
+            keys.add(key)
+            if is_number(value):
+                numeric.add(key)
+    return sorted(keys), sorted(numeric)
 
 
 def column_value(version: Version, column: str) -> Any:
