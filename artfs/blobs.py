@@ -225,7 +225,8 @@ class Blobs:
             quick = [Entry(s.path, stats[str(s.file)][0], known[str(s.file)]) for s in sources]
             if skip_present(quick):
                 return {e.path: e for e in quick}
-        # Blobs this machine saw in a pack need no request: packs are never rewritten.
+        # Blobs this machine saw in a pack need no request: the locations are forgotten when a
+        # gc began since (Registry.lease), and a gc during this log is checked at commit.
         packed = {} if not self.packing else self.packs.lookup(
             self.url, entity, known.values())
         ask = set(known.values()) - set(packed)
@@ -388,9 +389,10 @@ class Blobs:
         return [(d, f) for d, f in files if sizes[str(f)] > PACK_BLOB_MAX]
 
     def remember_packs(self, entity: str, manifest: Manifest) -> None:
-        """Note where the manifest says its packed blobs live (packs are never rewritten)."""
+        """Note where the manifest says its packed blobs live (a live version's packs stay)."""
         self.packs.record(self.url, entity,
-                          ((e.digest, e.pack) for e in manifest.values() if e.pack and e.digest))
+                          ((e.digest, e.pack) for e in manifest.values() if e.pack and e.digest),
+                          replace=True)
 
     def locate_packed(self, entity: str, manifest: Manifest) -> Manifest:
         """`manifest` with the pack location of every blob this machine knows to be packed.

@@ -130,8 +130,14 @@ class Copies:
         """A file already holding the blob, and whether it is ours: the registry's own, or a
         cached one linked into the spool (a hard link survives eviction and costs no copy)."""
         if self.in_store:
-            blob = self.blobs.store.local_path(keys.blob(self.entity, digest))
-            return (blob, False) if blob is not None and blob.exists() else None
+            # A hard link, not the blob itself: `artfs gc` may remove an unreferenced blob
+            # before the log, and the link keeps its bytes.
+            pinned = self.blobs.store.pin(keys.blob(self.entity, digest))
+            if pinned is None:
+                return None
+            with self._lock:
+                self._owned.add(pinned)
+            return pinned, True
         dest = self._new_file()
         try:
             os.link(self.blobs.cache.path(digest), dest)
@@ -197,8 +203,10 @@ class Copies:
                 assert blob is not None
                 if not blob.exists():
                     blobs.put_blob_files(entity, [(digest, file)], move=True)
-                self._forget(file)
-                file = blob
+                    self._forget(file)
+                    file = blob
+                # else the copy stays the source until `close`: should a gc take the blob
+                # before the commit, the log's retry stores it again from there.
             elif home and c.owned:
                 assert self.spool is not None
                 file = self.spool / digest

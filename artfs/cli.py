@@ -14,17 +14,20 @@ import signal
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import config, progress, transfer
 from .cache import LocalCache
 from .errors import ArtfsError, Cancelled, DestinationNotEmpty, InvalidFilter, SourceError
+from .gc import Collector
 from .hashing import stat_key
 from .interrupts import Interrupted, cancel_on_signal
 from .listing import VersionListing
 from .manifest import Manifest
 from .names import ArtifactRef, check_alias, check_name, parse_ref
 from .registry import Registry, Source, Version, check_metadata, check_unique, init_registry
+from .retention import parse_duration
 
 
 def _count(n: int, noun: str, plural: str | None = None) -> str:
@@ -284,6 +287,66 @@ def cmd_delete(args: argparse.Namespace) -> None:
           "; `artfs gc` frees its bytes")
 
 
+def cmd_gc(args: argparse.Namespace) -> None:
+    reg = _registry(args)
+    grace = parse_duration(args.grace, "--grace").total_seconds()
+
+    def expire(entity: str, start: float) -> list[str]:
+        now = datetime.fromtimestamp(start, UTC)
+        if args.dry_run:
+            return [f"{entity}/{p}/{n}:v{v}" for p in reg.projects(entity)
+                    for n in reg.artifacts(entity, p)
+                    for v in reg.retention.due(entity, p, n, now)]
+        return reg.retention.apply(entity, now)
+
+    collector = Collector(reg.store, reg.catalog, grace=grace, dry_run=args.dry_run,
+                          before_mark=expire)
+    verb = "would free" if args.dry_run else "freed"
+    total = 0
+    for r in collector.run():
+        total += r.bytes
+        parts = [f"{_count(f.count, kind[:-1])}" + (f" ({_human(f.bytes)})" if f.bytes else "")
+                 for kind, f in r.freed.items() if f.count]
+        print(f"{r.entity}: {verb} {', '.join(parts) or 'nothing'}; "
+              f"{_count(r.live_versions, 'live version')}"
+              f"{'; kept ' + str(r.spared) + ' newer than the grace period' if r.spared else ''}")
+        if r.expired:
+            expired = "would expire" if args.dry_run else "expired"
+            print(f"{r.entity}: {expired} {', '.join(r.expired)}")
+    temp = collector.sweep_temp()
+    print(f"{verb} {_human(total)} in {reg.url}"
+          f"{'; ' + _count(temp, 'temporary file') if temp else ''}")
+
+
+def cmd_ttl(args: argparse.Namespace) -> None:
+    reg = _registry(args)
+    v = reg.version(_ref(args, args.name))
+    ttl = None if args.ttl.lower() == "none" else parse_duration(args.ttl, "TTL")
+    v = reg.retention.set_ttl(v, ttl)
+    print(f"{v.qualified} expires at {v.expires_at}; `artfs gc` deletes it then"
+          if v.expires_at else f"{v.qualified} never expires")
+
+
+def cmd_retain(args: argparse.Namespace) -> None:
+    reg = _registry(args)
+    ref = _ref(args, args.name)
+    if ":" in args.name:
+        raise ArtfsError(f"a retention policy is per artifact: give ENTITY/PROJECT/NAME, not "
+                         f"{args.name!r}")
+    if reg.artifact_type(ref.entity, ref.project, ref.name) is None:
+        raise reg.not_found(ref)
+    if args.keep_last is not None and args.keep_last < 1:
+        raise ArtfsError(f"--keep-last takes a number of versions ≥ 1, not {args.keep_last}")
+    what = f"{ref.entity}/{ref.project}/{ref.name}"
+    if args.keep_last is None and not args.clear:
+        n = reg.retention.keep_last(ref.entity, ref.project, ref.name)
+        print(f"{what}: keeps the last {n} versions" if n else f"{what}: keeps every version")
+        return
+    reg.retention.set_keep_last(ref.entity, ref.project, ref.name, args.keep_last)
+    print(f"{what}: `artfs gc` keeps the last {_count(args.keep_last, 'version')} and every "
+          "aliased one" if args.keep_last else f"{what}: keeps every version")
+
+
 def cmd_cache(args: argparse.Namespace) -> None:
     # The cache is this machine's, shared by every registry: no registry needs to exist.
     cache = LocalCache()
@@ -393,6 +456,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "moves to the newest remaining version)")
     p.add_argument("--all", action="store_true", help="delete every version of the artifact")
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("gc", parents=[common],
+                       help="delete what no live version needs (safe beside other writers)")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be freed")
+    p.add_argument("--grace", default="1h", metavar="DURATION",
+                   help="keep anything written more recently than this (default: 1h; "
+                   "units s, m, h, d, w)")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("ttl", parents=[common], help="make a version expire (W&B's TTL)")
+    p.add_argument("name", help="[entity/][project/]name:vN (or :alias)")
+    p.add_argument("ttl", help="time to live from the version's creation, e.g. 30d, or none")
+    p.set_defaults(func=cmd_ttl)
+
+    p = sub.add_parser("retain", parents=[common],
+                       help="keep only an artifact's last N versions (and aliased ones)")
+    p.add_argument("name", help="[entity/][project/]name")
+    p.add_argument("--keep-last", type=int, metavar="N",
+                   help="versions `artfs gc` keeps, newest first; aliased ones always stay")
+    p.add_argument("--clear", action="store_true", help="remove the policy")
+    p.set_defaults(func=cmd_retain)
 
     p = sub.add_parser("cache", parents=[common],
                        help="show or empty this machine's cache (ARTFS_CACHE_DIR)")

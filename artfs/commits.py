@@ -13,12 +13,14 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import keys
 from .blobs import Blobs
 from .catalog import Catalog
 from .errors import KeyNotFound
+from .lease import Lease
 from .manifest import Manifest
 from .names import LATEST, ArtifactRef, check_alias
 from .procs import pid_alive
@@ -54,10 +56,13 @@ class Committer:
         description: str | None = None,
         metadata: dict[str, Any] | None = None,
         run_id: str | None = None,
+        lease: Lease | None = None,
     ) -> CommitResult:
         """Make `manifest` a version (or find the version that already has it) and move aliases.
 
-        Every blob the manifest names must already be in the registry.
+        Every blob the manifest names must already be in the registry. Under `lease` (held since
+        before the blobs were checked or uploaded) the manifest is named in it and any gc that
+        may have missed that is waited out before the version record is written.
         """
         aliases = [check_alias(a) for a in aliases]
         check_metadata(f"{entity}/{project}/{name}", description, metadata)
@@ -66,10 +71,13 @@ class Committer:
         digest = manifest.digest
 
         manifest_key = keys.manifest(entity, digest)
+        located = self.blobs.locate_packed(entity, manifest)
         if self.store.head(manifest_key) is None:
             self.store.flush()
-            stored = self.blobs.locate_packed(entity, manifest).to_stored_bytes()
-            self.store.put(manifest_key, stored)
+            self.store.put(manifest_key, located.to_stored_bytes())
+        if lease is not None:
+            lease.cover(manifest_key)
+            lease.settle(lambda: self._missing(entity, manifest_key, located))
 
         claim_key = art.digest(digest)
         existing, claim = self._claim_digest(claim_key, art, digest)
@@ -109,6 +117,16 @@ class Committer:
         self.catalog.move_aliases(art, number, [LATEST, *aliases], latest_if_newer=True)
         committed = ArtifactRef(entity, project, name, f"v{number}")
         return CommitResult(self.catalog.version(committed), created=True)
+
+    def _missing(self, entity: str, manifest_key: str, manifest: Manifest) -> list[str]:
+        """The objects a commit of `manifest` needs that are not in the store (after a gc)."""
+        if self.store.head(manifest_key) is None:
+            self.store.put(manifest_key, manifest.to_stored_bytes())
+        wanted = sorted({keys.pack(entity, e.pack.pack) if e.pack else keys.blob(entity, e.digest)
+                         for e in manifest.values() if e.digest and e.ref is None})
+        with ThreadPoolExecutor(self.store.transfer_workers) as pool:
+            present = list(pool.map(self.store.head, wanted))
+        return [k for k, info in zip(wanted, present, strict=True) if info is None]
 
     def _claim_digest(self, claim_key: str, art: keys.ArtifactKeys, digest: str
                       ) -> tuple[int | None, str]:

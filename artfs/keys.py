@@ -17,8 +17,8 @@ of that entity, its blobs included:
         .../digests/<sha256>.json                          artifact digest → version (dedup)
         .../used_by/v<N>/<run entity>/<run project>/<run id>   reverse lineage
         .../retention.json                                 --keep-last policy of the artifact
-    gc/state.json                                          gc epoch, running gc and its heartbeat
-    gc/leases/<id>/start, gc/leases/<id>/state.json        writer leases gc respects
+    entities/<e>/gc/state.json                   the entity's gc epoch, running gc, heartbeat
+    entities/<e>/gc/leases/<id>.json             a writer's lease, which gc respects
 """
 
 from __future__ import annotations
@@ -144,17 +144,24 @@ class ArtifactKeys:
         return e, p, run_id
 
 
-GC = "gc/"
-GC_STATE = "gc/state.json"
-LEASES = "gc/leases/"
+def gc_state(entity: str) -> str:
+    return f"{ENTITIES}{entity}/gc/state.json"
 
 
-def lease_start(lease_id: str) -> str:
-    return f"{LEASES}{lease_id}/start"
+def leases(entity: str) -> str:
+    return f"{ENTITIES}{entity}/gc/leases/"
 
 
-def lease_state(lease_id: str) -> str:
-    return f"{LEASES}{lease_id}/state.json"
+def lease(entity: str, lease_id: str) -> str:
+    return f"{leases(entity)}{lease_id}.json"
+
+
+def packs(entity: str) -> str:
+    return f"{ENTITIES}{entity}/packs/"
+
+
+def manifests(entity: str) -> str:
+    return f"{ENTITIES}{entity}/manifests/"
 
 
 def artifact(entity: str, project: str, name: str) -> ArtifactKeys:

@@ -86,12 +86,33 @@ class PackIndex:
                             " digest TEXT, pack TEXT, offset INTEGER, size INTEGER,"
                             " PRIMARY KEY (registry, entity, digest));"
                             " CREATE INDEX IF NOT EXISTS locs_by_pack ON locs"
-                            " (registry, entity, pack)")
+                            " (registry, entity, pack);"
+                            " CREATE TABLE IF NOT EXISTS gc_epochs (registry TEXT, entity TEXT,"
+                            " epoch INTEGER, PRIMARY KEY (registry, entity))")
 
-    def record(self, registry: str, entity: str, locs: Iterable[tuple[str, PackLoc]]) -> None:
-        self._db.write_many("INSERT OR IGNORE INTO locs VALUES (?,?,?,?,?,?)",
+    def record(self, registry: str, entity: str, locs: Iterable[tuple[str, PackLoc]], *,
+               replace: bool = False) -> None:
+        """Remember locations; `replace` when they come from a live version's manifest, which
+        is right even where an older row names a pack a gc has since removed."""
+        verb = "REPLACE" if replace else "IGNORE"
+        self._db.write_many(f"INSERT OR {verb} INTO locs VALUES (?,?,?,?,?,?)",
                             [(registry, entity, d, loc.pack, loc.offset, loc.size)
                              for d, loc in locs])
+
+    def note_gc_epoch(self, registry: str, entity: str, epoch: int) -> None:
+        """Forget the entity's locations if a gc began since they were learnt: a gc removes
+        packs no live version needs, and a location must not make a commit skip an upload."""
+        rows = list(self._db.execute("SELECT epoch FROM gc_epochs WHERE registry=? AND"
+                                     " entity=?", (registry, entity)))
+        if rows and rows[0][0] == epoch:
+            return
+        if rows or epoch:
+            self.forget(registry, entity)
+        self._db.write_many("INSERT OR REPLACE INTO gc_epochs VALUES (?,?,?)",
+                            [(registry, entity, epoch)])
+
+    def forget(self, registry: str, entity: str) -> None:
+        self._db.write_many("DELETE FROM locs WHERE registry=? AND entity=?", [(registry, entity)])
 
     def members(self, registry: str, entity: str, pack: str) -> dict[str, PackLoc]:
         """Every blob this machine knows to live in `pack`."""

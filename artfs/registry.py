@@ -9,7 +9,9 @@ files to a version.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from .commits import Committer
 from .deletion import Deleter
 from .errors import (
     ArtifactNotFound,
+    CollectedUnderCommit,
     CorruptRecord,
     KeyNotFound,
     NotARegistry,
@@ -28,6 +31,7 @@ from .errors import (
     RegistryTooNew,
 )
 from .hashing import HashCache
+from .lease import Lease
 from .lineage import Lineage
 from .manifest import Entry, Manifest
 from .names import LATEST, ArtifactRef, check_alias, check_name
@@ -41,6 +45,7 @@ from .records import (
     encode,
     now_iso,
 )
+from .retention import Retention
 from .store import Store, open_store
 from .store.base import TRANSFER_WORKERS
 
@@ -48,6 +53,9 @@ __all__ = [
     "TRANSFER_WORKERS", "CommitResult", "Registry", "RunRecord", "Source", "Version",
     "check_metadata", "check_unique", "init_registry", "now_iso",
 ]
+
+#: Logs retried after a gc removed blobs they reused (each retry uploads those again).
+COLLECTED_RETRIES = 3
 
 MARKER_KEY = keys.MARKER
 MARKER = {"format": "artfs-registry", "version": 1}
@@ -96,8 +104,10 @@ class Registry:
         self.committer = Committer(self.store, self.catalog, self.blobs)
         self.lineage = Lineage(self.store)
         self.deleter = Deleter(self.store, self.catalog)
+        self.retention = Retention(self.store, self.catalog, self.deleter)
         #: Threads for moving many files: network latency wants many, a local disk one.
         self.workers = self.blobs.workers
+        self._leases = threading.local()
         self.store.sweep_temp()
 
     def _check_marker(self, create: bool) -> None:
@@ -189,9 +199,10 @@ class Registry:
         self.catalog.remove_alias(ref, alias)
 
     def update_version(self, version: Version, *, description: str | None,
-                       metadata: dict[str, Any], aliases: list[str]) -> Version:
+                       metadata: dict[str, Any], aliases: list[str],
+                       expires_at: str | None = None) -> Version:
         return self.catalog.update_version(version, description=description, metadata=metadata,
-                                           aliases=aliases)
+                                           aliases=aliases, expires_at=expires_at)
 
     def delete_version(self, ref: ArtifactRef, *, delete_aliases: bool = False) -> Version:
         return self.deleter.delete_version(ref, delete_aliases=delete_aliases)
@@ -258,16 +269,40 @@ class Registry:
         self.blobs.prefetch_packed(entity, entries)
 
     # -- committing (commits.py) -------------------------------------------------------------
+    @contextmanager
+    def lease(self, entity: str) -> Iterator[Lease]:
+        """Hold a writer lease (lease.py) for this thread: gc spares what it uploads and reuses.
+
+        Nested calls share the outer lease, so a caller can take it before uploading blobs of
+        its own and then log through `log_version`.
+        """
+        held: dict[str, Lease] = self._leases.__dict__.setdefault("held", {})
+        if entity in held:
+            yield held[entity]
+            return
+        lease = Lease(self.store, entity)
+        state = lease.start()
+        self.packs.note_gc_epoch(self.url, entity, state.epoch)
+        held[entity] = lease
+        try:
+            yield lease
+        finally:
+            del held[entity]
+            lease.release()
+
     def commit(self, entity: str, project: str, name: str, type_: str, manifest: Manifest, *,
                aliases: Iterable[str] = (), description: str | None = None,
                metadata: dict[str, Any] | None = None, run_id: str | None = None
                ) -> CommitResult:
         """Make `manifest` a version (or find the version that already has it) and move aliases.
 
-        Every blob the manifest names must already be in the registry.
+        Every blob the manifest names must already be in the registry (uploaded under the
+        caller's `lease()`, or a gc may collect them first).
         """
-        return self.committer.commit(entity, project, name, type_, manifest, aliases=aliases,
-                                     description=description, metadata=metadata, run_id=run_id)
+        with self.lease(entity) as lease:
+            return self.committer.commit(entity, project, name, type_, manifest,
+                                         aliases=aliases, description=description,
+                                         metadata=metadata, run_id=run_id, lease=lease)
 
     def log_version(
         self,
@@ -296,6 +331,27 @@ class Registry:
         sources = list(sources)
         references = list(references)
         check_unique(f"{entity}/{project}/{name}", sources, references)
+        barrier = [before_commit] if before_commit is not None else []
+        for attempt in range(COLLECTED_RETRIES + 1):
+            try:
+                with self.lease(entity):
+                    result = self._log_once(entity, project, name, type_, sources, references,
+                                            aliases, description, metadata, run, barrier)
+                break
+            except CollectedUnderCommit:
+                if attempt == COLLECTED_RETRIES:
+                    raise
+                # What this machine knew to be stored may be gone: ask the store again.
+                self.packs.forget(self.url, entity)
+        if run is not None:
+            self.lineage.record_output(run, result.version)
+        return result
+
+    def _log_once(self, entity: str, project: str, name: str, type_: str,
+                  sources: list[Source], references: list[Entry], aliases: list[str],
+                  description: str | None, metadata: dict[str, Any] | None,
+                  run: RunRecord | None, barrier: list[Callable[[], None]]) -> CommitResult:
+        """Upload and commit once, under the caller's lease; `barrier` runs on the first try."""
         already: list[Manifest] = []
 
         def committed(known: list[Entry]) -> bool:
@@ -308,15 +364,12 @@ class Registry:
             self._learn_pack_locations(entity, project, name)
         entries = self.ingest_files(entity, sources, skip_present=committed)
         manifest = already[0] if already else Manifest([*entries.values(), *references])
-        if before_commit is not None:
-            before_commit()
-        result = self.commit(
+        while barrier:
+            barrier.pop()()
+        return self.commit(
             entity, project, name, type_, manifest, aliases=aliases, description=description,
             metadata=metadata, run_id=f"{run.entity}/{run.project}/{run.id}" if run else None,
         )
-        if run is not None:
-            self.lineage.record_output(run, result.version)
-        return result
 
     def _learn_pack_locations(self, entity: str, project: str, name: str) -> None:
         """Read the latest version's manifest, which records where its packed blobs live.

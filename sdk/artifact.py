@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -16,6 +17,7 @@ from artfs.hashing import hash_file
 from artfs.manifest import Entry as ManifestEntry
 from artfs.names import ArtifactRef, check_entry_path, check_name
 from artfs.registry import Registry, RunRecord, Version
+from artfs.retention import expiry, ttl_of
 
 from .contents import POLICIES, DraftContents, Item, entry_path, scan
 
@@ -152,6 +154,8 @@ class Artifact:
         self._version: Version | None = None
         self._manifest: ArtifactManifest | None = None
         self._future: Future | None = None
+        #: A TTL set since the version was loaded, for `save()` (W&B); None never expires.
+        self._ttl: timedelta | None | Literal["unset"] = "unset"
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -407,20 +411,22 @@ class Artifact:
                 except BaseException:  # noqa: BLE001 - that log reports its own error
                     pass
 
-        sources, ready = self._contents.to_log(registry, entity)
-        result = registry.log_version(
-            entity,
-            project,
-            self._name,
-            self._type,
-            sources,
-            ready,
-            aliases=aliases,
-            description=self.description,
-            metadata=self.metadata,
-            run=run,
-            before_commit=barrier,
-        )
+        # Under one lease from before the copies become blobs (`artfs gc` spares them).
+        with registry.lease(entity):
+            sources, ready = self._contents.to_log(registry, entity)
+            result = registry.log_version(
+                entity,
+                project,
+                self._name,
+                self._type,
+                sources,
+                ready,
+                aliases=aliases,
+                description=self.description,
+                metadata=self.metadata,
+                run=run,
+                before_commit=barrier,
+            )
         self._bind(registry, result.version, None)
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
@@ -548,13 +554,28 @@ class Artifact:
         dest = Path(root) if root is not None else self._default_root()
         transfer.verify(self._logged(), self._core_entries(), dest)
 
+    @property
+    def ttl(self) -> timedelta | None:
+        """Time to live from creation (W&B); `artfs gc` deletes the version once it passed."""
+        if self._ttl != "unset":
+            return self._ttl  # type: ignore[return-value]
+        v = self._settled()
+        return ttl_of(v) if v is not None else None
+
+    @ttl.setter
+    def ttl(self, value: timedelta | None) -> None:
+        self._ttl = value
+
     def save(self) -> None:
-        """Persist edits to description, metadata and aliases."""
+        """Persist edits to description, metadata, aliases and the TTL."""
         v = self._logged()
         reg = self._client()
+        ttl = self._ttl
+        expires_at = v.expires_at if ttl == "unset" else expiry(v, ttl)  # type: ignore[arg-type]
         updated = reg.update_version(
-            v, description=self.description, metadata=self.metadata, aliases=self.aliases
-        )
+            v, description=self.description, metadata=self.metadata, aliases=self.aliases,
+            expires_at=expires_at)
+        self._ttl = "unset"
         self._bind(reg, updated, self._manifest)
 
     def delete(self, delete_aliases: bool = False) -> None:

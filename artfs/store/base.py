@@ -38,6 +38,9 @@ class ObjectInfo:
     key: str
     size: int
     token: str
+    #: When the store last wrote the object, in seconds since the epoch by the STORE's clock
+    #: (S3: whole seconds). Garbage collection compares these, never a machine's own clock.
+    mtime: float = 0.0
 
 
 class Store(ABC):
@@ -104,6 +107,28 @@ class Store(ABC):
     def delete(self, key: str) -> None:
         """Remove a key; absent keys are not an error."""
 
+    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
+        """`list`, with each key's size and time: stores whose listing carries them override
+        this (one request a page rather than one a key)."""
+        for key in self.list(prefix):
+            info = self.head(key)
+            if info is not None:
+                yield info
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove many keys; stores with a batch delete send one request per batch."""
+        for key in keys:
+            self.delete(key)
+
+    def stale_uploads(self, before: float) -> list[str]:
+        """Leftovers of writes that never finished (S3: incomplete multipart uploads; a local
+        folder: temporary files) begun before `before` (store time); `abort_uploads` removes
+        them. Stores whose writes leave nothing behind have none."""
+        return []
+
+    def abort_uploads(self, uploads: list[str]) -> None:  # noqa: B027 - none to abort by default
+        """Remove what `stale_uploads` returned."""
+
     def put_content(self, key: str, data: bytes) -> None:
         """Write content-addressed bytes (verified on every read, so no fsync is owed).
 
@@ -159,6 +184,12 @@ class Store(ABC):
 
         Lets readers use registry blobs in place instead of copying them into a second cache.
         """
+        return None
+
+    def pin(self, key: str) -> Path | None:
+        """A file with the key's bytes that outlives the key, for a store whose keys are local
+        files (a hard link: no copy); None elsewhere, or when the key is gone. A source captured
+        into the store keeps its bytes even if a gc removes the unreferenced blob before the log."""
         return None
 
     def list_dirs(self, prefix: str) -> list[str]:

@@ -82,6 +82,12 @@ def _make_client() -> storage.Client:
     return storage.Client(project=project, credentials=credentials, _http=session)
 
 
+def _info(key: str, blob: storage.Blob) -> ObjectInfo:
+    updated = blob.updated or blob.time_created
+    return ObjectInfo(key, int(blob.size or 0), str(blob.generation),
+                      updated.timestamp() if updated is not None else 0.0)
+
+
 def _check_simple(data: bytes) -> None:
     if len(data) > SIMPLE_UPLOAD_LIMIT:
         raise StoreError(
@@ -205,7 +211,7 @@ class GCSStore(Store):
             blob = self._again(lambda: self._bucket.get_blob(name, retry=DEFAULT_RETRY))
         if blob is None:
             return None
-        return ObjectInfo(key, int(blob.size or 0), str(blob.generation))
+        return _info(key, blob)
 
     def put(self, key: str, data: bytes) -> None:
         blob = self._blob(key)
@@ -251,6 +257,15 @@ class GCSStore(Store):
         with self._translate("listing", prefix):
             for blob in blobs:
                 yield blob.name[strip:]
+
+    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
+        strip = len(self._prefix)
+        blobs = self._client.list_blobs(
+            self._bucket, prefix=self._prefix + prefix, retry=DEFAULT_RETRY
+        )
+        with self._translate("listing", prefix):
+            for blob in blobs:
+                yield _info(blob.name[strip:], blob)
 
     def list_dirs(self, prefix: str) -> list[str]:
         full = self._prefix + prefix

@@ -36,6 +36,12 @@ def _token(st: os.stat_result) -> str:
     return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
 
 
+def _info(key: str, st: os.stat_result) -> ObjectInfo:
+    # A blob adopted by rename keeps its file's old mtime; the rename sets ctime, so the later
+    # of the two is when the key came to hold these bytes.
+    return ObjectInfo(key, st.st_size, _token(st), max(st.st_mtime, st.st_ctime))
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -208,7 +214,7 @@ class LocalStore(Store):
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        return ObjectInfo(key, st.st_size, _token(st))
+        return _info(key, st)
 
     def put(self, key: str, data: bytes) -> None:
         self.adopt(self._write_temp(data), key, overwrite=True)
@@ -285,6 +291,46 @@ class LocalStore(Store):
             self._path(key).unlink()
         except FileNotFoundError:
             pass
+
+    def pin(self, key: str) -> Path | None:
+        link = self.temp_path()  # swept once this process is gone
+        try:
+            os.link(self._path(key), link)
+        except FileNotFoundError:
+            return None
+        return link
+
+    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
+        for key in self.list(prefix):
+            try:
+                st = os.stat(self._path(key))
+            except FileNotFoundError:
+                continue
+            yield _info(key, st)
+
+    def stale_uploads(self, before: float) -> list[str]:
+        tmp = self.root / TMP_DIR
+        try:
+            names = os.listdir(tmp)
+        except FileNotFoundError:
+            return []
+        stale = []
+        for name in names:
+            parts = name.rsplit("-", 2)
+            if len(parts) == 3 and parts[0] == self._host and parts[1].isdigit() \
+                    and pid_alive(int(parts[1])):
+                continue  # a live process's file, however old (a pinned source, say)
+            try:
+                st = os.stat(tmp / name)
+            except FileNotFoundError:
+                continue
+            if max(st.st_mtime, st.st_ctime) < before:
+                stale.append(name)
+        return stale
+
+    def abort_uploads(self, uploads: list[str]) -> None:
+        for name in uploads:
+            (self.root / TMP_DIR / name).unlink(missing_ok=True)
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)

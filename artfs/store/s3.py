@@ -267,7 +267,8 @@ class S3Store(Store):
 
     def head(self, key: str) -> ObjectInfo | None:
         resp = self._head(key)
-        return None if resp is None else ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"])
+        return None if resp is None else ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"],
+                                                    resp["LastModified"].timestamp())
 
     def put(self, key: str, data: bytes) -> None:
         with self._translate("writing", key):
@@ -373,6 +374,50 @@ class S3Store(Store):
     def delete(self, key: str) -> None:
         with self._translate("deleting", key):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
+        strip = len(self._prefix)
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._prefix + prefix
+        )
+        with self._translate("listing", prefix):
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj["ETag"],
+                                     obj["LastModified"].timestamp())
+
+    def delete_many(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            batch = keys[i : i + 1000]
+            with self._translate("deleting", batch[0]):
+                resp = self._client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": self._key(k)} for k in batch], "Quiet": True})
+            if resp.get("Errors"):
+                err = resp["Errors"][0]
+                raise StoreError(f"deleting {err.get('Key')!r} from {self.url} failed: "
+                                 f"{err.get('Code')} {err.get('Message')}")
+
+    def stale_uploads(self, before: float) -> list[str]:
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self._prefix)
+        found = []
+        with self._translate("listing uploads of", ""):
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    if up["Initiated"].timestamp() < before:
+                        found.append(f"{up['UploadId']} {up['Key']}")
+        return found
+
+    def abort_uploads(self, uploads: list[str]) -> None:
+        for up in uploads:
+            upload_id, key = up.split(" ", 1)
+            with self._translate("aborting the upload of", key):
+                try:
+                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                        UploadId=upload_id)
+                except ClientError as e:
+                    if _status(e) != 404:
+                        raise
 
     def cancel_transfers(self) -> None:
         # s3transfer aborts the multipart upload of every transfer it cancels. Its
