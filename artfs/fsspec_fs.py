@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,8 @@ PROTOCOL = "artfs"
 STAGING = "@staging"  # as artfs/fs/protocol.py's STAGING_NAME (kept import-free of artfs.fs)
 #: Version trees kept in memory (each a dict of its manifest); versions never change.
 TREES_KEPT = 16
-#: Ranged GETs in flight per filesystem object: a full read-ahead window and a few random reads.
-FETCH_THREADS = READ_AHEAD_MAX // (16 * 1024 * 1024) + 4
+#: Ranged GETs in flight per filesystem object beyond a full read-ahead window: random reads.
+SPARE_FETCH_THREADS = 4
 #: How long a write waits for another process of this machine to finish with the staging areas.
 STAGING_WAIT_S = 30.0
 #: Bytes a writer copies per call (uploads from local files).
@@ -100,15 +101,21 @@ class _PerRegistry(_Cached):
 
 
 class ArtfsFileSystem(AbstractFileSystem, metaclass=_PerRegistry):
-    """The registry `registry` (default: ARTFS_REGISTRY) as `artfs://` paths."""
+    """The registry `registry` (default: ARTFS_REGISTRY) as `artfs://` paths, with the blob
+    cache at `cache_dir` (default: ARTFS_CACHE_DIR). `state_dir` is the ARTFS_STATE_DIR the
+    instance was made under (its staging areas live there); it only keys fsspec's instance
+    cache, the folder itself always comes from the environment, as for the mount and the CLI.
+    """
 
     protocol = PROTOCOL
     root_marker = ""
     #: Remote blobs up to this size are fetched whole and verified before any byte is served
     #: (the mount's rule); larger ones are read in ranges (`StreamedBlob`).
     whole_fetch_max = WHOLE_FETCH_MAX
-    #: Largest ranged GET of a streamed blob (the mount's `PART`).
+    #: Largest ranged GET of a streamed blob, and the largest read-ahead window of a
+    #: sequential reader (the mount's `PART` and `READ_AHEAD_MAX`).
     part_size = PART
+    read_ahead_max = READ_AHEAD_MAX
     #: How long a write waits for another process of this machine to let go of the staging
     #: areas of the registry before it fails naming the holder.
     staging_wait_s = STAGING_WAIT_S
@@ -276,9 +283,7 @@ class ArtfsFileSystem(AbstractFileSystem, metaclass=_PerRegistry):
             return int(info["sha256"], 16)
         return super().checksum(path)
 
-    def created(self, path: str) -> Any:
-        from datetime import datetime
-
+    def created(self, path: str) -> datetime:
         info = self.info(path)
         if "created_at" not in info:
             raise self._missing(path, "only files of versions have a creation time")
@@ -442,7 +447,8 @@ class ArtfsFileSystem(AbstractFileSystem, metaclass=_PerRegistry):
             blob = self._streams.get(digest)
             if blob is None or blob.error:
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(FETCH_THREADS, "artfs-fetch")
+                    threads = self.read_ahead_max // self.part_size + SPARE_FETCH_THREADS
+                    self._pool = ThreadPoolExecutor(threads, "artfs-fetch")
                     self._hasher = ThreadPoolExecutor(1, "artfs-hash")
                 assert self._hasher is not None
                 blobs = self.registry.blobs
@@ -728,7 +734,7 @@ class ArtfsFile(AbstractBufferedFile):
 
     def __init__(self, fs: ArtfsFileSystem, path: str, size: int, handle: _Handle) -> None:
         self.handle = handle
-        self.sequential = Sequential()
+        self.sequential = Sequential(fs.read_ahead_max)
         super().__init__(fs, path, mode="rb", block_size=1024 * 1024, cache_type="none",
                          size=size)
 

@@ -79,7 +79,8 @@ def part_runs(blocks: Iterable[int], part: int = PART) -> list[tuple[int, int]]:
 class Sequential:
     """Tells a sequential reader of one open file from a random one, and sizes its window."""
 
-    def __init__(self) -> None:
+    def __init__(self, maximum: int = READ_AHEAD_MAX) -> None:
+        self.maximum = maximum
         #: End of the furthest read so far.
         self.next_off = 0
         #: Read-ahead of the current sequential run; 0 while reads look random.
@@ -91,7 +92,7 @@ class Sequential:
         Sequential: from offset 0 (whole-file readers start there), or within reach of the
         previous read (the kernel's own read-ahead requests may arrive slightly reordered)."""
         if off == 0 or self.next_off - SEQUENTIAL_SLACK <= off <= self.next_off + self.window:
-            self.window = min(max(2 * self.window, READ_AHEAD_MIN), READ_AHEAD_MAX)
+            self.window = min(max(2 * self.window, READ_AHEAD_MIN), self.maximum)
         else:
             self.window = 0
         self.next_off = max(self.next_off, off + size) if self.window else off + size
