@@ -151,14 +151,21 @@ class Catalog:
         `edited=False` (known from `edited_versions`) saves the request for its later edits.
         """
         art = keys.artifact(entity, project, name)
-        key = art.version(number)
-        doc = decode(self.store.get(key), f"version record {key}")
-        meta: dict[str, Any] = {}
+        record = self.store.get(art.version(number))
+        meta: bytes | None = None
         if edited is not False:
             try:
-                meta = decode(self.store.get(art.meta(number)), "version metadata")
+                meta = self.store.get(art.meta(number))
             except KeyNotFound:
                 pass
+        return self.version_from(entity, project, name, number, record, meta)
+
+    def version_from(self, entity: str, project: str, name: str, number: int, record: bytes,
+                     edits: bytes | None) -> Version:
+        """Version `number` from the bytes of its record and of its later edits, if any."""
+        key = keys.artifact(entity, project, name).version(number)
+        doc = decode(record, f"version record {key}")
+        meta = decode(edits, "version metadata") if edits is not None else {}
         try:
             v = Version(
                 entity=entity,

@@ -1,12 +1,16 @@
 """Issue 12: what W&B semantics cost — capture at add time, and filtering many versions.
 
-- `add_dir` / `add_file` with `policy="mutable"` copy the bytes once, when called (straight
-  into a local registry's blob store): against `cp` of the same data to the same disk.
-  `log_artifact` itself must stay non-blocking: the time until it returns.
+- `add_dir` / `add_file` with `policy="mutable"` copy the bytes once, when called, into a
+  local registry's temporary area (the kernel copies; the hash runs in the background; the log
+  renames the copy into the blob store): against `cp` of the same data to the same disk, and
+  the disk artfs holds afterwards against the data. `log_artifact` itself must stay
+  non-blocking: the time until it returns.
 - `Api().artifacts(..., filters=...)` over 10,000 versions of one artifact: on a local
   registry against the ≤ 1 s target, and on S3 (SeaweedFS started here) with the requests it
-  makes, counted by a botocore hook. Versions are written as their records (the listing reads
-  nothing else), which takes seconds instead of the minutes 10,000 logs would.
+  makes, counted by a botocore hook, the first time (an empty cache folder) and again (records
+  kept in the cache under their listed ETags: only the listings are sent). Versions are
+  written as their records (the listing reads nothing else), which takes seconds instead of
+  the minutes 10,000 logs would.
 """
 
 from __future__ import annotations
@@ -179,17 +183,44 @@ def _filtering(runs: int, count: int) -> list[Row]:
 def _filter_s3(w: Path, runs: int, count: int, edited: int, expected: int) -> list[Row]:
     bucket = f"bench-{uuid.uuid4().hex[:12]}"
     boto3.session.Session().client("s3").create_bucket(Bucket=bucket)
-    reg = Registry(f"s3://{bucket}/reg", cache_dir=w / "cache-s3", create=True)
-    write_versions(reg, count, edited)
+    url = f"s3://{bucket}/reg"
+    writer = Registry(url, cache_dir=w / "cache-s3-writer", create=True)
+    write_versions(writer, count, edited)
+    writer.close()
+    opened: list[Registry] = []
+
+    def cold() -> None:
+        """A machine that never listed these versions: an empty cache folder."""
+        for r in opened:
+            r.close()
+        opened.clear()
+        remove(w / "cache-s3")
+        opened.append(Registry(url, cache_dir=w / "cache-s3"))
+
+    cold()
     seen: Counter = Counter()
-    reg.store._client.meta.events.register(  # noqa: SLF001 - counting what the store sends
+    opened[0].store._client.meta.events.register(  # noqa: SLF001 - counting what it sends
         "before-call.s3", lambda model, **_: seen.update([model.name]))
-    assert filtered(reg) == expected
-    requests = dict(seen)
-    ours = median_time(lambda: filtered(reg), runs)
-    base = median_time(lambda: read_all_records(reg, count), runs)
-    reg.close()
-    counts = ", ".join(f"{n} {op}" for op, n in sorted(requests.items()))
-    return [Row(f"filter {count} versions, S3 (SeaweedFS)", ours,
-                "read each record once (store.get loop)", base, "<= 0.5",
-                note=f"requests per filter: {sum(requests.values())} ({counts})")]
+    assert filtered(opened[0]) == expected
+    first = dict(seen)
+    seen.clear()
+    assert filtered(opened[0]) == expected
+    again = dict(seen)
+    warm = median_time(lambda: filtered(opened[0]), runs)
+    base = median_time(lambda: read_all_records(opened[0], count), runs)
+    ours = median_time(lambda: filtered(opened[-1]), runs, cold)
+    for r in opened:
+        r.close()
+
+    def said(requests: dict[str, int]) -> str:
+        ops = ", ".join(f"{n} {op}" for op, n in sorted(requests.items()))
+        return f"{sum(requests.values())} requests ({ops})"
+
+    return [
+        Row(f"filter {count} versions, S3 (SeaweedFS), first time", ours,
+            "read each record once (store.get loop)", base, "<= 0.5",
+            note=f"first filter: {said(first)}"),
+        Row(f"filter {count} versions, S3 (SeaweedFS), again", warm,
+            "read each record once (store.get loop)", base, "<= 0.1",
+            note=f"repeated filter: {said(again)}; records kept under their listed ETags"),
+    ]

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import sdk
+from artfs import keys
 from artfs.cli import main
 from artfs.errors import ArtifactNotFound, InvalidFilter, TypeMismatch
 from artfs.filters import compile_filter
+from artfs.record_cache import RecordCache
+from artfs.registry import Registry
 
 ENTITY = "tester"
 
@@ -216,6 +221,78 @@ def test_exists_collections_and_types(registry_url: str) -> None:
     coll = api.artifact_collection("dataset", "acme/my-project/bike-data")
     assert [a.version for a in coll.artifacts()] == ["v0"]
     assert coll.aliases == ["latest"]
+
+
+# -- what filtering costs on S3, and its copies of records ---------------------------------------
+@pytest.fixture
+def s3_reads(five_versions, registry_url: str) -> Iterator[tuple[sdk.Api, Counter]]:
+    """An Api on its own registry, and the requests it sends: (operation, "records" for
+    version records and their edits, else "other")."""
+    reg = Registry(registry_url)
+    seen: Counter = Counter()
+
+    def count(params, model, **_):
+        key = params.get("Key", params.get("Prefix", ""))
+        seen[(model.name, "records" if "/versions/" in key or "/meta/" in key else "other")] += 1
+
+    reg.store._client.meta.events.register("before-parameter-build.s3", count)
+    yield sdk.Api(registry=reg), seen
+    reg.close()
+
+
+def listed(api: sdk.Api, spec) -> list[str]:
+    return [a.version for a in api.artifacts("model", "acme/my-project/bike-model",
+                                             filters=spec)]
+
+
+@pytest.mark.parametrize("registry_url", ["s3"], indirect=True)
+def test_a_bad_filter_sends_no_request_and_changes_nothing(s3_reads) -> None:
+    api, seen = s3_reads
+    before = listed(api, {"metadata.ap50": {"$exists": True}})
+    seen.clear()
+    with pytest.raises(InvalidFilter, match=r"\$near"):
+        api.artifacts("model", "acme/my-project/bike-model", filters={"metadata.x": {"$near": 1}})
+    assert seen == Counter()
+    assert listed(api, {"metadata.ap50": {"$exists": True}}) == before
+
+
+@pytest.mark.parametrize("registry_url", ["s3"], indirect=True)
+def test_filtering_again_reads_only_the_records_written_since(s3_reads) -> None:
+    api, seen = s3_reads
+    spec = {"metadata.ap50": {"$gt": 0.6}}
+    assert listed(api, spec) == ["v3", "v2", "v1"]
+    assert seen[("GetObject", "records")] == 5
+    seen.clear()
+    assert listed(api, spec) == ["v3", "v2", "v1"]
+    assert seen[("GetObject", "records")] == 0  # the listings' tokens match the copies
+    assert seen[("ListObjectsV2", "records")] == 2  # versions/ and meta/
+
+    v0 = api.artifact("acme/my-project/bike-model:v0")
+    v0.metadata["ap50"] = 0.99
+    v0.save()
+    api.artifact("acme/my-project/bike-model:v1").delete(delete_aliases=True)
+    # v3's record rewritten behind the SDK's back: another token in the listing.
+    store = api._registry.store
+    key = keys.artifact("acme", "my-project", "bike-model").version(3)
+    record = json.loads(store.get(key))
+    record["metadata"]["ap50"] = 0.1
+    store.put(key, json.dumps(record).encode())
+    seen.clear()
+    assert listed(api, spec) == ["v2", "v0"]  # never a stale copy
+    assert seen[("GetObject", "records")] == 2  # v0's edit, v3's new record
+
+
+@pytest.mark.parametrize("registry_url", ["s3"], indirect=True)
+def test_record_copies_stay_within_their_share_of_the_cache(
+        registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTFS_CACHE_SIZE", "16K")  # 1 KiB for records: about three of them
+    for i in range(len(SPECS)):
+        log_version("bike-model", str(i), metadata=metadata_of(i), aliases=SPECS[i][3] or None)
+    spec = {"metadata.ap50": {"$gt": 0.6}}
+    for _ in range(2):
+        assert versions(spec) == ["v3", "v2", "v1"]
+    copies = RecordCache.beside(tmp_path / "cache", 16 * 1024)
+    assert copies.limit == 1024 and 0 < copies.size() <= 1024
 
 
 # -- the command line ---------------------------------------------------------------------------
