@@ -27,7 +27,7 @@ from collections import Counter
 import pyfuse3
 import trio
 
-#: As artfs answers (`artfs.fs.ops.BLKSIZE`): `cp` then writes 1 MiB at a time, not 128 KiB.
+#: As artfs answers (`artfs.fs.attrs.BLKSIZE`): `cp` then writes 1 MiB at a time, not 128 KiB.
 BLKSIZE = 1024 * 1024
 
 

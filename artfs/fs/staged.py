@@ -35,6 +35,7 @@ from .. import staging
 from ..registry import Registry
 from ..staging import ROOT, Node, Staging
 from .areas import Areas
+from .attrs import STAGING_TTL_S, Attributes
 from .commands import Commands
 from .drafts import (
     CLOSED,
@@ -47,20 +48,17 @@ from .drafts import (
     version_row,
 )
 from .inodes import InodeTable, StagingArea
+from .kinds import NodeKind
 from .reader import Reader, Unreadable
 from .tree import Tree
 
 log = logging.getLogger(__name__)
 
-#: Entries and attributes of staged files: only this mount changes them (the commands that
-#: replace the whole tree go through it and invalidate), so a short TTL is only a safety net.
-STAGING_TTL_S = 1.0
 #: Writes up to this size go to the page cache on the request loop itself: a thread hand-off
 #: costs more than copying 64 KiB, and `cp -r` of small files is bound by per-request costs.
 INLINE_WRITE_MAX = 64 * 1024
 
 T = TypeVar("T")
-Attrs = Callable[..., pyfuse3.EntryAttributes]
 
 
 def _fsync(fd: int, area: Staging) -> None:
@@ -75,11 +73,11 @@ def _write_and_hash(fd: int, buf: bytes, off: int, hasher: Any) -> int:
     return n
 
 
-class StagedFS:
+class StagedFS(NodeKind):
     """Every request on a node inside some artifact's `@staging` folder."""
 
     def __init__(self, registry: Registry, tree: Tree, reader: Reader, inodes: InodeTable,
-                 attrs: Attrs) -> None:
+                 attrs: Attributes) -> None:
         self.registry = registry
         self.tree = tree
         self.reader = reader
@@ -151,8 +149,11 @@ class StagedFS:
                                s.st_size, s.st_mtime_ns, STAGING_TTL_S, ctime_ns=s.st_ctime_ns,
                                nlink=0)
 
+    async def opendir(self, area: StagingArea, node_id: int) -> None:
+        await self.getattr(area, node_id)  # ENOENT for a folder removed meanwhile
+
     async def readdir(self, area: StagingArea, node_id: int, start: int,
-                      token: pyfuse3.ReaddirToken) -> None:
+                      token: pyfuse3.ReaddirToken, listing: None = None) -> None:
         st = await self.areas.state(area)
         after = start
         while True:
@@ -165,6 +166,13 @@ class StagedFS:
                     return
                 self.inodes.remember(attrs.st_ino)
                 after = n.id
+
+    def not_storable(self, area: StagingArea, node_id: int, what: str) -> pyfuse3.FUSEError:
+        """Symlinks, hard links and special files: a manifest holds regular files only, so a
+        staging folder refuses them (EPERM, as filesystems without them do) instead of
+        committing something else."""
+        log.info("refused in %s/@staging: %s cannot be stored in an artifact", area.what, what)
+        return pyfuse3.FUSEError(errno.EPERM)
 
     # -- changing the tree -------------------------------------------------------------------
     async def _change(self, area: StagingArea, fn: Callable[..., T], *args: Any,
@@ -233,7 +241,11 @@ class StagedFS:
         if session.writers == 0:
             await self.drafts.finish(st, session)
 
-    async def open(self, area: StagingArea, node_id: int, flags: int) -> FileHandle:
+    async def open(self, area: StagingArea, node_id: int, flags: int,
+                   pid: int) -> tuple[FileHandle, pyfuse3.FileInfo]:
+        return await self._open(area, node_id, flags), pyfuse3.FileInfo()
+
+    async def _open(self, area: StagingArea, node_id: int, flags: int) -> FileHandle:
         st, node = await self.node(area, node_id)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
