@@ -97,10 +97,17 @@ def test_a_new_artifact_needs_its_type(tmp_path: Path, monkeypatch: pytest.Monke
     Registry(url, create=True).close()
     fs = fsspec.filesystem("artfs")
     fs.pipe_file(f"{BASE}/fresh/@staging/a/b.txt", b"bee")
+    frame = pd.DataFrame({"x": [1.5, 2.5], "y": ["p", "q"]})
+    frame.to_parquet(f"{BASE}/fresh/@staging/t.parquet")  # pyarrow writing through fsspec
+    with fsspec.open(f"{BASE}/fresh/@staging/notes.txt", "w") as f:  # text mode
+        f.write("näive notes")
     with pytest.raises(staging.StagingError, match=f"{E}/{P}/fresh is new: give its type"):
         fs.commit(f"{BASE}/fresh")
+    assert _versions(url, "fresh") == []
     assert fs.commit(f"{BASE}/fresh", type="dataset").version == 0
     assert fs.cat(f"{BASE}/fresh/latest/a/b.txt") == b"bee"
+    pd.testing.assert_frame_equal(pd.read_parquet(f"{BASE}/fresh/v0/t.parquet"), frame)
+    assert fs.cat(f"{BASE}/fresh/v0/notes.txt").decode() == "näive notes"
 
 
 @pytest.mark.parametrize("write", ["open", "put", "pipe", "rm", "mkdir", "commit-version"])
