@@ -18,7 +18,7 @@ from .. import staging
 from ..registry import Registry
 from ..staging import ROOT
 from .drafts import ServedArea
-from .inodes import StagingArea
+from .inodes import StagingFolder
 from .reader import Reader
 from .tree import TTLCache
 
@@ -67,7 +67,7 @@ class Areas:
         #: Areas of new artifacts removed by `rmdir`: ENOENT, not re-created, until a `mkdir`.
         self._removed: set[int] = set()
 
-    def check_owner(self, area: StagingArea) -> None:
+    def check_owner(self, area: StagingFolder) -> None:
         if self.owner is not None:
             log.error("EROFS: %s/@staging: its changes are served by mount pid %s",
                       area.what, self.owner)
@@ -76,7 +76,7 @@ class Areas:
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
-    async def state(self, area: StagingArea) -> ServedArea:
+    async def state(self, area: StagingFolder) -> ServedArea:
         st = self.loaded.get(area.slot)
         if st is None:
             if area.slot in self._removed:
@@ -88,7 +88,7 @@ class Areas:
                 self.reader.nursery.start_soon(self._checkpoints)
         return st
 
-    def _load(self, area: StagingArea) -> ServedArea:
+    def _load(self, area: StagingFolder) -> ServedArea:
         existing = self.loaded.get(area.slot)
         if existing is not None:
             return existing
@@ -112,13 +112,13 @@ class Areas:
                     log.warning("checkpoint of the staging index of %s failed: %s",
                                 st.staging.what, e)
 
-    async def new_area(self, area: StagingArea) -> None:
+    async def new_area(self, area: StagingFolder) -> None:
         """`mkdir` of a new artifact: create its empty staging area (again, after an rmdir)."""
         self.check_owner(area)
         self._removed.discard(area.slot)
         await self.state(area)
 
-    async def remove_new_area(self, area: StagingArea) -> None:
+    async def remove_new_area(self, area: StagingFolder) -> None:
         """`rmdir` of a new artifact (the caller checked that the registry does not know it):
         its staging area goes too, ENOTEMPTY while it holds anything."""
         self.check_owner(area)

@@ -24,7 +24,7 @@ from ..staging import ROOT, Staging
 from .areas import Areas
 from .attribution import commit_lineage
 from .drafts import CLOSED, DROPPED, FINISHING, OPEN, Drafts, FileHandle, OpenBytes, ServedArea
-from .inodes import InodeTable, StagingArea
+from .inodes import InodeTable, StagingFolder
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Commands:
         while any(h.flushed for h in st.writing) and time.monotonic() < deadline:
             await trio.sleep(WAIT_POLL_S / 10)
 
-    async def control(self, area: StagingArea, request: dict[str, Any]) -> None:
+    async def control(self, area: StagingFolder, request: dict[str, Any]) -> None:
         """Run a command sent by the CLI (commit, discard, empty); the reply is kept for
         `result(id)`. Errors are replies too, so the CLI can print the message."""
         try:
@@ -106,7 +106,7 @@ class Commands:
                         for h, _ in busy})
         return ", ".join(paths[:NAMED_FILES]) + (" …" if len(paths) > NAMED_FILES else "")
 
-    async def _writers_done(self, area: StagingArea, st: ServedArea, wait: float) -> None:
+    async def _writers_done(self, area: StagingFolder, st: ServedArea, wait: float) -> None:
         """Wait (up to `wait`, at least RELEASE_GRACE_S) until every file open for writing when
         the command began has been closed. Files opened afterwards are not waited for: a
         commit takes what they last published, so a stream of writers cannot starve it."""
@@ -124,7 +124,7 @@ class Commands:
                     f"{self._named(st, waiting)}; close them first, or pass --wait SECONDS")
             await trio.sleep(WAIT_POLL_S)
 
-    async def _commit(self, area: StagingArea, request: dict[str, Any]) -> dict[str, Any]:
+    async def _commit(self, area: StagingFolder, request: dict[str, Any]) -> dict[str, Any]:
         st = await self.areas.state(area)
         await self.areas.idle(st)
         st.command = trio.Event()
@@ -165,7 +165,7 @@ class Commands:
         st.command.set()
         st.command = None
 
-    def _commit_blocking(self, area: StagingArea, request: dict[str, Any]) -> staging.Committed:
+    def _commit_blocking(self, area: StagingFolder, request: dict[str, Any]) -> staging.Committed:
         # Its own connection: the trio thread keeps serving the area meanwhile.
         own = Staging(self.registry.url, area.entity, area.project, area.name)
         request_id = str(request.get("id"))
@@ -187,13 +187,13 @@ class Commands:
         tracker = self._progress.get(request_id)
         return tracker.state() if tracker is not None else None
 
-    def _unless_cancelled(self, request_id: str, area: StagingArea) -> None:
+    def _unless_cancelled(self, request_id: str, area: StagingFolder) -> None:
         """Called just before the version is written: the last moment a commit can stop."""
         if request_id in self._cancelled:
             raise Cancelled(f"commit of {area.what} cancelled: nothing was committed and its "
                             "staging folder is unchanged")
 
-    async def _discard(self, area: StagingArea, *, empty: bool) -> dict[str, Any]:
+    async def _discard(self, area: StagingFolder, *, empty: bool) -> dict[str, Any]:
         """Replace the whole tree: only with no file open for writing, and changes wait."""
         st = await self.areas.state(area)
         await self.areas.idle(st)
@@ -222,7 +222,7 @@ class Commands:
         what = "emptied" if empty else "reset to the latest version"
         return {"ok": True, "message": f"staging of {area.what} {what}"}
 
-    def _discard_blocking(self, area: StagingArea, empty: bool) -> None:
+    def _discard_blocking(self, area: StagingFolder, empty: bool) -> None:
         own = Staging(self.registry.url, area.entity, area.project, area.name)
         try:
             staging.discard(self.registry, own, empty=empty)

@@ -21,7 +21,7 @@ import trio
 
 from ..hashing import _kernel_copy
 from ..staging import Node, Staging
-from .inodes import StagingArea
+from .inodes import StagingFolder
 from .reader import Handle, LocalHandle, Reader, Unreadable
 from .running_hash import RunningHash
 from .tree import Row
@@ -81,7 +81,7 @@ class OpenBytes:
 
 @dataclass(eq=False)
 class FileHandle:
-    area: StagingArea
+    area: StagingFolder
     node_id: int
     writable: bool
     bytes: OpenBytes | None = None
@@ -107,7 +107,8 @@ async def running_digest(session: OpenBytes) -> str | None:
 
 @dataclass
 class ServedArea:
-    """One artifact's staging area as served by this mount."""
+    """One artifact's staging area as served by this mount: its tree (`Staging`) and what
+    only the mount knows of it (drafts being written, handles, the command running)."""
 
     staging: Staging
     #: The session of each file being written (or finished and waiting for a commit to end):
@@ -159,7 +160,7 @@ class Drafts:
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
-    async def session(self, area: StagingArea, st: ServedArea, node: Node, *, copy: bool,
+    async def session(self, area: StagingFolder, st: ServedArea, node: Node, *, copy: bool,
                        detach: bool) -> OpenBytes:
         """The session a writer of `node` writes in: the running one, or a new one holding a
         copy of the file's bytes (`copy`) or none. `detach` (an open with O_TRUNC): while
@@ -190,7 +191,7 @@ class Drafts:
             return cur
         return await self._start(area, st, fresh, copy)
 
-    async def _start(self, area: StagingArea, st: ServedArea, node: Node,
+    async def _start(self, area: StagingFolder, st: ServedArea, node: Node,
                      copy: bool) -> OpenBytes:
         started = st.starting[node.id] = trio.Event()
         try:
@@ -212,7 +213,7 @@ class Drafts:
             del st.starting[node.id]
             started.set()
 
-    async def _fill(self, area: StagingArea, st: ServedArea, node: Node, out: int) -> None:
+    async def _fill(self, area: StagingFolder, st: ServedArea, node: Node, out: int) -> None:
         """Copy the node's published bytes (a local file or the registry's blob) into `out`,
         keeping its mtime: a copy is no change."""
         while node.kind == "local" and node.content is not None:

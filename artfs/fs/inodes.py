@@ -60,9 +60,10 @@ class View:
 
 
 @dataclass(frozen=True)
-class StagingArea:
-    """An artifact's `@staging` folder: its nodes are rows of the area's SQLite tree, numbered
-    `slot << 32 | node id` like a view's rows. Node ids survive renames and commits."""
+class StagingFolder:
+    """Which artifact's `@staging` folder an inode is in: its nodes are rows of the area's
+    SQLite tree, numbered `slot << 32 | node id` like a view's rows. Node ids survive renames
+    and commits. (The area itself is `staging.Staging`; the mount's state of it, `ServedArea`.)"""
 
     slot: int
     entity: str
@@ -82,8 +83,8 @@ class InodeTable:
         self._ns_by_inode: dict[int, Namespace] = {pyfuse3.ROOT_INODE: Namespace(())}
         self._next_ns = itertools.count(pyfuse3.ROOT_INODE + 1)
         self._slot_by_key: dict[tuple[str, str, str, int, str | None], int] = {}
-        self._views: dict[int, View | StagingArea] = {}
-        self._staging: dict[tuple[str, str, str], StagingArea] = {}
+        self._views: dict[int, View | StagingFolder] = {}
+        self._staging: dict[tuple[str, str, str], StagingFolder] = {}
         self._next_slot = itertools.count(1)
         #: Kernel references (lookup / readdirplus replies minus forgets) per slot; slot 0 counts
         #: namespace inodes.
@@ -115,24 +116,24 @@ class InodeTable:
         self._views[slot] = view
         return view
 
-    def staging(self, entity: str, project: str, name: str) -> StagingArea:
+    def staging(self, entity: str, project: str, name: str) -> StagingFolder:
         """The staging slot of an artifact, created on first use."""
         key = (entity, project, name)
         area = self._staging.get(key)
         if area is None:
-            area = self._staging[key] = StagingArea(next(self._next_slot), *key)
+            area = self._staging[key] = StagingFolder(next(self._next_slot), *key)
             self._views[area.slot] = area
         return area
 
     @staticmethod
-    def staging_inode(area: StagingArea, node_id: int) -> int:
+    def staging_inode(area: StagingFolder, node_id: int) -> int:
         return (area.slot << SLOT_SHIFT) | node_id
 
     @staticmethod
     def content_inode(view: View, row: int, is_dir: bool) -> int:
         return ((view.slot if is_dir else view.file_slot) << SLOT_SHIFT) | row
 
-    def decode(self, inode: int) -> Namespace | tuple[View | StagingArea, int]:
+    def decode(self, inode: int) -> Namespace | tuple[View | StagingFolder, int]:
         """What an inode names; KeyError for a number this mount never handed out."""
         slot, row = inode >> SLOT_SHIFT, inode & ROW_MASK
         if slot == 0:

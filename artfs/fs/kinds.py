@@ -1,20 +1,33 @@
 """The one interface of the three kinds of node a mount serves: namespace folders
 (`namespaces.py`), version and alias views (`versions.py`) and `@staging` folders
 (`staged.py`). `Operations` decodes an inode once into (kind, node) and calls the kind; a node
-is the tuple the kind's methods start with: (Namespace,), (View, row id) or (StagingArea,
+is the tuple the kind's methods start with: (Namespace,), (View, row id) or (StagingFolder,
 node id). The defaults are those of a read-only node."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 
 from .errnos import erofs
 
+if TYPE_CHECKING:
+    from ..registry import Registry
+    from .attrs import Attributes
+    from .inodes import InodeTable
+    from .tree import Tree
+
 
 class NodeKind:
     """Requests on nodes of one kind; `handle` is what `open` or `create` returned."""
+
+    def __init__(self, registry: Registry, tree: Tree, inodes: InodeTable,
+                 make_attrs: Attributes) -> None:
+        self.registry = registry
+        self.tree = tree
+        self.inodes = inodes
+        self.make_attrs = make_attrs
 
     async def lookup(self, *args: Any) -> pyfuse3.EntryAttributes:
         raise NotImplementedError

@@ -14,14 +14,11 @@ import trio
 
 from .. import staging
 from ..names import check_name
-from ..registry import Registry
-from .attrs import Attributes
 from .errnos import erofs, registry_call, staging_call
-from .inodes import InodeTable, Namespace, View
+from .inodes import Namespace, View
 from .kinds import NodeKind
 from .protocol import STAGING_NAME
 from .staged import StagedFS
-from .tree import Tree
 from .versions import WRITE_FLAGS, VersionViews
 
 log = logging.getLogger(__name__)
@@ -30,12 +27,10 @@ log = logging.getLogger(__name__)
 class NamespaceFolders(NodeKind):
     """Requests on a namespace folder (Namespace,)."""
 
-    def __init__(self, registry: Registry, tree: Tree, inodes: InodeTable, attrs: Attributes,
-                 versions: VersionViews, staged: StagedFS) -> None:
-        self.registry = registry
-        self.tree = tree
-        self.inodes = inodes
-        self.attrs = attrs
+    def __init__(self, versions: VersionViews, staged: StagedFS) -> None:
+        """An artifact folder lists the versions' folders and `@staging`: it serves from the
+        same registry, listings, inode numbers and attributes as `versions`."""
+        super().__init__(versions.registry, versions.tree, versions.inodes, versions.make_attrs)
         self.versions = versions
         self.staged = staged
 
@@ -47,10 +42,10 @@ class NamespaceFolders(NodeKind):
             return await self.versions.view_attrs(view)
         if name not in await registry_call(self.tree.children(node.parts)):
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self.attrs.namespace(self.inodes.namespace((*node.parts, name)))
+        return self.make_attrs.namespace(self.inodes.namespace((*node.parts, name)))
 
     async def getattr(self, node: Namespace) -> pyfuse3.EntryAttributes:
-        return self.attrs.namespace(self.inodes.namespace(node.parts))
+        return self.make_attrs.namespace(self.inodes.namespace(node.parts))
 
     async def opendir(self, node: Namespace) -> list[str]:
         """A snapshot of the names, so paging through them stays consistent while versions
@@ -85,7 +80,7 @@ class NamespaceFolders(NodeKind):
                 else:
                     attrs = await self.versions.view_attrs(views[name])
             else:
-                attrs = self.attrs.namespace(self.inodes.namespace((*node.parts, name)))
+                attrs = self.make_attrs.namespace(self.inodes.namespace((*node.parts, name)))
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, i):
                 return
             self.inodes.remember(attrs.st_ino)
@@ -127,7 +122,7 @@ class NamespaceFolders(NodeKind):
             await staging_call(self.staged.areas.new_area(self.inodes.staging(*parts)))
         else:
             await self.tree.blocking(staging.add_pending, self.registry.url, parts)
-        return self.attrs.namespace(self.inodes.namespace(parts))
+        return self.make_attrs.namespace(self.inodes.namespace(parts))
 
     async def rmdir(self, node: Namespace, name: str) -> None:
         """Undo the `mkdir` of an entity, project or artifact never committed (empty, see

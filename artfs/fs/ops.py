@@ -27,7 +27,7 @@ from ..registry import Registry
 from .attribution import Attribution
 from .attrs import BLKSIZE, Attributes
 from .errnos import erofs, staging_call
-from .inodes import InodeTable, Namespace, StagingArea
+from .inodes import InodeTable, Namespace, StagingFolder
 from .kinds import NodeKind
 from .namespaces import NamespaceFolders
 from .protocol import CONTROL_XATTR, PROGRESS_XATTR, RESULT_XATTR, XATTR_PREFIX
@@ -79,8 +79,7 @@ class Operations(pyfuse3.Operations):
         self.staged = StagedFS(registry, tree, reader, self.inodes, self.attrs)
         self.versions = VersionViews(registry, tree, reader, self.inodes, self.attrs,
                                      self.attribution)
-        self.namespaces = NamespaceFolders(registry, tree, self.inodes, self.attrs,
-                                           self.versions, self.staged)
+        self.namespaces = NamespaceFolders(self.versions, self.staged)
 
     # -- dispatch ----------------------------------------------------------------------------
     def _kind(self, inode: int) -> tuple[NodeKind, tuple[Any, ...]]:
@@ -91,7 +90,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         if isinstance(node, Namespace):
             return self.namespaces, (node,)
-        if isinstance(node[0], StagingArea):
+        if isinstance(node[0], StagingFolder):
             return self.staged, node
         return self.versions, node
 
@@ -100,7 +99,7 @@ class Operations(pyfuse3.Operations):
         kinds map the registry's failures themselves, around each registry call."""
         return staging_call(coro) if kind is self.staged else coro
 
-    def _staged(self, inode: int) -> tuple[StagingArea, int] | None:
+    def _staged(self, inode: int) -> tuple[StagingFolder, int] | None:
         """(area, node id) when the inode is inside a staging folder."""
         kind, node = self._kind(inode)
         return node if kind is self.staged else None  # type: ignore[return-value]

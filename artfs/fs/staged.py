@@ -47,7 +47,7 @@ from .drafts import (
     running_digest,
     version_row,
 )
-from .inodes import InodeTable, StagingArea
+from .inodes import InodeTable, StagingFolder
 from .kinds import NodeKind
 from .reader import Reader, Unreadable
 from .tree import Tree
@@ -78,12 +78,9 @@ class StagedFS(NodeKind):
 
     def __init__(self, registry: Registry, tree: Tree, reader: Reader, inodes: InodeTable,
                  attrs: Attributes) -> None:
-        self.registry = registry
-        self.tree = tree
+        super().__init__(registry, tree, inodes, attrs)
         self.reader = reader
         self.limiter = tree.limiter
-        self.inodes = inodes
-        self.make_attrs = attrs
         self.areas = Areas(registry, reader, tree.limiter)
         self.drafts = Drafts(reader, tree.limiter)
         self.commands = Commands(registry, tree, inodes, self.areas, self.drafts)
@@ -91,11 +88,11 @@ class StagedFS(NodeKind):
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
-    def inode(self, area: StagingArea, node_id: int) -> int:
+    def inode(self, area: StagingFolder, node_id: int) -> int:
         return self.inodes.staging_inode(area, node_id)
 
     # -- attributes --------------------------------------------------------------------------
-    def root_attrs(self, area: StagingArea) -> pyfuse3.EntryAttributes:
+    def root_attrs(self, area: StagingFolder) -> pyfuse3.EntryAttributes:
         """The `@staging` folder itself, without loading the area (a listing must not)."""
         st = self.areas.loaded.get(area.slot)
         node = st.staging.node(ROOT) if st else None
@@ -104,7 +101,7 @@ class StagedFS(NodeKind):
                                    time.time_ns(), 0.0, STAGING_TTL_S, nlink=2)
         return self.attrs(area, st, node)  # type: ignore[arg-type]
 
-    def attrs(self, area: StagingArea, st: ServedArea, node: Node) -> pyfuse3.EntryAttributes:
+    def attrs(self, area: StagingFolder, st: ServedArea, node: Node) -> pyfuse3.EntryAttributes:
         mode = staging.stat_mode(node)
         inode = self.inode(area, node.id)
         mtime = node.mtime_ns
@@ -120,21 +117,21 @@ class StagedFS(NodeKind):
         return self.make_attrs(inode, mode, size, mtime, STAGING_TTL_S, atime_ns=atime,
                                ctime_ns=ctime)
 
-    async def node(self, area: StagingArea, node_id: int) -> tuple[ServedArea, Node]:
+    async def node(self, area: StagingFolder, node_id: int) -> tuple[ServedArea, Node]:
         st = await self.areas.state(area)
         node = st.staging.node(node_id)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return st, node
 
-    async def lookup(self, area: StagingArea, parent: int, name: str) -> pyfuse3.EntryAttributes:
+    async def lookup(self, area: StagingFolder, parent: int, name: str) -> pyfuse3.EntryAttributes:
         st = await self.areas.state(area)
         node = st.staging.child(parent, name)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.attrs(area, st, node)
 
-    async def getattr(self, area: StagingArea, node_id: int) -> pyfuse3.EntryAttributes:
+    async def getattr(self, area: StagingFolder, node_id: int) -> pyfuse3.EntryAttributes:
         st = await self.areas.state(area)
         node = st.staging.node(node_id)
         if node is not None:
@@ -149,10 +146,10 @@ class StagedFS(NodeKind):
                                s.st_size, s.st_mtime_ns, STAGING_TTL_S, ctime_ns=s.st_ctime_ns,
                                nlink=0)
 
-    async def opendir(self, area: StagingArea, node_id: int) -> None:
+    async def opendir(self, area: StagingFolder, node_id: int) -> None:
         await self.getattr(area, node_id)  # ENOENT for a folder removed meanwhile
 
-    async def readdir(self, area: StagingArea, node_id: int, start: int,
+    async def readdir(self, area: StagingFolder, node_id: int, start: int,
                       token: pyfuse3.ReaddirToken, listing: None = None) -> None:
         st = await self.areas.state(area)
         after = start
@@ -167,7 +164,7 @@ class StagedFS(NodeKind):
                 self.inodes.remember(attrs.st_ino)
                 after = n.id
 
-    def not_storable(self, area: StagingArea, node_id: int, what: str) -> pyfuse3.FUSEError:
+    def not_storable(self, area: StagingFolder, node_id: int, what: str) -> pyfuse3.FUSEError:
         """Symlinks, hard links and special files: a manifest holds regular files only, so a
         staging folder refuses them (EPERM, as filesystems without them do) instead of
         committing something else."""
@@ -175,7 +172,7 @@ class StagedFS(NodeKind):
         return pyfuse3.FUSEError(errno.EPERM)
 
     # -- changing the tree -------------------------------------------------------------------
-    async def _change(self, area: StagingArea, fn: Callable[..., T], *args: Any,
+    async def _change(self, area: StagingFolder, fn: Callable[..., T], *args: Any,
                       **kwargs: Any) -> T:
         self.areas.check_owner(area)
         st = await self.areas.state(area)
@@ -185,25 +182,25 @@ class StagedFS(NodeKind):
         except OSError as e:
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
 
-    async def mkdir(self, area: StagingArea, parent: int, name: str,
+    async def mkdir(self, area: StagingFolder, parent: int, name: str,
                     mode: int) -> pyfuse3.EntryAttributes:
         node = await self._change(area, Staging.mkdir, parent, name, mode)
         return self.attrs(area, await self.areas.state(area), node)
 
-    async def rmdir(self, area: StagingArea, parent: int, name: str) -> None:
+    async def rmdir(self, area: StagingFolder, parent: int, name: str) -> None:
         await self._change(area, Staging.rmdir, parent, name)
 
-    async def unlink(self, area: StagingArea, parent: int, name: str) -> None:
+    async def unlink(self, area: StagingFolder, parent: int, name: str) -> None:
         await self._change(area, Staging.unlink, parent, name)
 
-    async def rename(self, area: StagingArea, parent: int, name: str, new_parent: int,
+    async def rename(self, area: StagingFolder, parent: int, name: str, new_parent: int,
                      new_name: str, flags: int) -> None:
         if flags & ~pyfuse3.RENAME_NOREPLACE:
             raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE is not supported
         await self._change(area, Staging.rename, parent, name, new_parent, new_name,
                            replace=not flags & pyfuse3.RENAME_NOREPLACE)
 
-    async def setattr(self, area: StagingArea, node_id: int, attr: pyfuse3.EntryAttributes,
+    async def setattr(self, area: StagingFolder, node_id: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields) -> pyfuse3.EntryAttributes:
         self.areas.check_owner(area)
         st, node = await self.node(area, node_id)
@@ -226,7 +223,7 @@ class StagedFS(NodeKind):
         _, node = await self.node(area, node_id)
         return self.attrs(area, st, node)
 
-    async def _truncate(self, area: StagingArea, st: ServedArea, node: Node, size: int) -> None:
+    async def _truncate(self, area: StagingFolder, st: ServedArea, node: Node, size: int) -> None:
         """truncate/ftruncate: in the file's session (one of its own when none runs)."""
         if st.current.get(node.id) is None and node.kind == "base" and size == node.size:
             return
@@ -241,11 +238,11 @@ class StagedFS(NodeKind):
         if session.writers == 0:
             await self.drafts.finish(st, session)
 
-    async def open(self, area: StagingArea, node_id: int, flags: int,
+    async def open(self, area: StagingFolder, node_id: int, flags: int,
                    pid: int) -> tuple[FileHandle, pyfuse3.FileInfo]:
         return await self._open(area, node_id, flags), pyfuse3.FileInfo()
 
-    async def _open(self, area: StagingArea, node_id: int, flags: int) -> FileHandle:
+    async def _open(self, area: StagingFolder, node_id: int, flags: int) -> FileHandle:
         st, node = await self.node(area, node_id)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -274,7 +271,7 @@ class StagedFS(NodeKind):
             raise pyfuse3.FUSEError(errno.EIO) from None
         return handle
 
-    async def create(self, area: StagingArea, parent: int, name: str, mode: int,
+    async def create(self, area: StagingFolder, parent: int, name: str, mode: int,
                      flags: int) -> tuple[FileHandle, pyfuse3.EntryAttributes]:
         node, fd, path = await self._change(area, Staging.create_open, parent, name, mode)
         st = await self.areas.state(area)
@@ -341,7 +338,7 @@ class StagedFS(NodeKind):
         self.drafts.close_unused(st, b)
 
     # -- facts and commands ------------------------------------------------------------------
-    async def facts(self, area: StagingArea, node_id: int) -> dict[str, Any]:
+    async def facts(self, area: StagingFolder, node_id: int) -> dict[str, Any]:
         st, node = await self.node(area, node_id)
         out: dict[str, Any] = {"registry": self.registry.url, "artifact": area.what,
                                "staging": True}

@@ -37,11 +37,8 @@ class VersionViews(NodeKind):
 
     def __init__(self, registry: Registry, tree: Tree, reader: Reader, inodes: InodeTable,
                  attrs: Attributes, attribution: Attribution) -> None:
-        self.registry = registry
-        self.tree = tree
+        super().__init__(registry, tree, inodes, attrs)
         self.reader = reader
-        self.inodes = inodes
-        self.attrs = attrs
         self.attribution = attribution
         self._mtimes: dict[int, int] = {}
         #: Artifacts whose read-only versions a write was refused in; logged once each.
@@ -69,7 +66,7 @@ class VersionViews(NodeKind):
         inode = self.inodes.content_inode(view, VIEW_ROOT_ROW, is_dir=True)
         # The alias *name* must be re-resolved soon; what the resolved inode holds never changes.
         entry_ttl = NAMESPACE_TTL_S if view.alias else IMMUTABLE_TTL_S
-        return self.attrs(inode, DIR_MODE, 0, await self.mtime(view), IMMUTABLE_TTL_S,
+        return self.make_attrs(inode, DIR_MODE, 0, await self.mtime(view), IMMUTABLE_TTL_S,
                           entry_ttl)
 
     async def _row_attrs(self, view: View, row: Row) -> pyfuse3.EntryAttributes:
@@ -78,10 +75,10 @@ class VersionViews(NodeKind):
         inode = self.inodes.content_inode(view, row.id, row.is_dir)
         mtime = await self.mtime(view)
         if row.is_dir:
-            return self.attrs(inode, DIR_MODE, 0, mtime, IMMUTABLE_TTL_S,
+            return self.make_attrs(inode, DIR_MODE, 0, mtime, IMMUTABLE_TTL_S,
                               nlink=2 + row.subdirs)
         # An unchecksummed reference has no recorded size: 0, read with direct I/O to EOF.
-        return self.attrs(inode, FILE_MODE, row.size or 0, mtime, IMMUTABLE_TTL_S)
+        return self.make_attrs(inode, FILE_MODE, row.size or 0, mtime, IMMUTABLE_TTL_S)
 
     async def _row(self, view: View, row_id: int) -> Row:
         idx = await registry_call(self.tree.index(view))
@@ -121,7 +118,7 @@ class VersionViews(NodeKind):
         over 100,000 files spend most of their mount time here. One `EntryAttributes` serves
         every entry (readdir_reply copies it) and kernel references are counted once per call."""
         idx: VersionIndex = await registry_call(self.tree.index(view))
-        attrs = self.attrs(0, FILE_MODE, 0, await self.mtime(view), IMMUTABLE_TTL_S)
+        attrs = self.make_attrs(0, FILE_MODE, 0, await self.mtime(view), IMMUTABLE_TTL_S)
         file_inodes = self.inodes.content_inode(view, 0, is_dir=False)
         dir_inodes = self.inodes.content_inode(view, 0, is_dir=True)
         files = dirs = 0
