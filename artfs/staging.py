@@ -4,7 +4,7 @@ A staging area starts as a copy of the latest version's *manifest*, not of its b
 is a `base` node that still names its blob in the registry. A file becomes `local` when a writer
 that changed it closes it (is *published*): its bytes are then the file `files/<content>` the
 row names, and that file never changes again. Writers write *drafts* (`files/<id>~<n>`, one
-per write session, see `artfs.fs.staged`); publishing a draft is one row update that points the
+per write session, see `artfs.fs.drafts`); publishing a draft is one row update that points the
 node at it. So a commit that reads the tree once (`snapshot`) sees, for every path, bytes some
 writer finished, and those bytes stay put while it stores them, whatever writers do meanwhile.
 Committing turns that snapshot into one `Registry.log_version` call — base files as ready-made

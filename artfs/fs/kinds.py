@@ -1,8 +1,8 @@
 """The one interface of the three kinds of node a mount serves: namespace folders
 (`namespaces.py`), version and alias views (`versions.py`) and `@staging` folders
-(`staged.py`). `Operations` decodes an inode once into (kind, node) and calls the kind; a node
-is the tuple the kind's methods start with: (Namespace,), (View, row id) or (StagingFolder,
-node id). The defaults are those of a read-only node."""
+(`staging_folders.py`). `Operations` decodes an inode once into (kind, node) and calls the
+kind; a node is the tuple the kind's methods start with: (Namespace,), (View, row id) or
+(StagingFolder, node id). The defaults are those of a read-only node."""
 
 from __future__ import annotations
 

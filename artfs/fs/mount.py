@@ -220,9 +220,10 @@ def serve(opts: MountOptions, ready: Callable[[list[str]], None],
 
 def _warnings(ops: Operations) -> list[str]:
     """What the user must know at mount time, not only from the log."""
-    if ops.staged.areas.owner is None:
+    owner = ops.staging_folders.areas.owner
+    if owner is None:
         return []
-    return [f"@staging folders are read-only in this mount: mount pid {ops.staged.areas.owner} on "
+    return [f"@staging folders are read-only in this mount: mount pid {owner} on "
             "this machine serves them for the same registry and state folder; write through "
             "that mount, or unmount it first"]
 

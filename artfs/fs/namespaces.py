@@ -18,7 +18,7 @@ from .errnos import erofs, registry_call, staging_call
 from .inodes import Namespace, View
 from .kinds import NodeKind
 from .protocol import STAGING_NAME
-from .staged import StagedFS
+from .staging_folders import StagingFolders
 from .versions import WRITE_FLAGS, VersionViews
 
 log = logging.getLogger(__name__)
@@ -27,17 +27,17 @@ log = logging.getLogger(__name__)
 class NamespaceFolders(NodeKind):
     """Requests on a namespace folder (Namespace,)."""
 
-    def __init__(self, versions: VersionViews, staged: StagedFS) -> None:
+    def __init__(self, versions: VersionViews, staging_folders: StagingFolders) -> None:
         """An artifact folder lists the versions' folders and `@staging`: it serves from the
         same registry, listings, inode numbers and attributes as `versions`."""
         super().__init__(versions.registry, versions.tree, versions.inodes, versions.make_attrs)
         self.versions = versions
-        self.staged = staged
+        self.staging_folders = staging_folders
 
     async def lookup(self, node: Namespace, name: str) -> pyfuse3.EntryAttributes:
         if node.level == "artifact":
             if name == STAGING_NAME:
-                return self.staged.root_attrs(self.inodes.staging(*node.parts))
+                return self.staging_folders.root_attrs(self.inodes.staging(*node.parts))
             view = await self.versions.resolve(node.parts, name)
             return await self.versions.view_attrs(view)
         if name not in await registry_call(self.tree.children(node.parts)):
@@ -51,7 +51,7 @@ class NamespaceFolders(NodeKind):
         """A snapshot of the names, so paging through them stays consistent while versions
         are being committed."""
         names = await registry_call(self.tree.children(node.parts))
-        if node.level == "artifact" and self.staged.areas.exists_on_disk(*node.parts):
+        if node.level == "artifact" and self.staging_folders.areas.exists_on_disk(*node.parts):
             names.append(STAGING_NAME)  # listed once in use, see SEMANTICS.md
         return names
 
@@ -74,7 +74,7 @@ class NamespaceFolders(NodeKind):
         for i, name in enumerate(page, start + 1):
             if node.level == "artifact":
                 if name == STAGING_NAME:
-                    attrs = self.staged.root_attrs(self.inodes.staging(*node.parts))
+                    attrs = self.staging_folders.root_attrs(self.inodes.staging(*node.parts))
                 elif name not in views:
                     continue
                 else:
@@ -119,7 +119,7 @@ class NamespaceFolders(NodeKind):
         parts = (*node.parts, name)
         if node.level == "project":
             # A new, empty staging area.
-            await staging_call(self.staged.areas.new_area(self.inodes.staging(*parts)))
+            await staging_call(self.staging_folders.areas.new_area(self.inodes.staging(*parts)))
         else:
             await self.tree.blocking(staging.add_pending, self.registry.url, parts)
         return self.make_attrs.namespace(self.inodes.namespace(parts))
@@ -137,7 +137,8 @@ class NamespaceFolders(NodeKind):
         if name in await registry_call(self.tree.blocking(listing, *node.parts)):
             raise erofs()
         if node.level == "project":
-            await staging_call(self.staged.areas.remove_new_area(self.inodes.staging(*parts)))
+            area = self.inodes.staging(*parts)
+            await staging_call(self.staging_folders.areas.remove_new_area(area))
         else:
             await staging_call(self.tree.blocking(staging.remove_pending, self.registry.url,
                                                   parts))

@@ -2,10 +2,10 @@
 
 This module only translates FUSE requests: it decodes each inode once into a kind of node and
 its node, and the kind answers (`kinds.py`): namespace folders (`namespaces.py`), version and
-alias views (`versions.py`), `@staging` folders (`staged.py`). Attributes and TTLs are made in
-`attrs.py`, failures become errnos in `errnos.py`. Writes fail with EROFS except inside staging
-folders and `mkdir` of a new entity, project or artifact, which creates a pending one whose
-staging folder starts empty.
+alias views (`versions.py`), `@staging` folders (`staging_folders.py`). Attributes and TTLs
+are made in `attrs.py`, failures become errnos in `errnos.py`. Writes fail with EROFS except
+inside staging folders and `mkdir` of a new entity, project or artifact, which creates a
+pending one whose staging folder starts empty.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .kinds import NodeKind
 from .namespaces import NamespaceFolders
 from .protocol import CONTROL_XATTR, PROGRESS_XATTR, RESULT_XATTR, XATTR_PREFIX
 from .reader import Reader
-from .staged import StagedFS
+from .staging_folders import StagingFolders
 from .tree import Tree
 from .versions import VersionViews
 
@@ -76,10 +76,10 @@ class Operations(pyfuse3.Operations):
         self._files: dict[int, tuple[NodeKind, Any]] = {}
         self._dirs: dict[int, DirHandle] = {}
         self.attribution = Attribution(registry, tree.limiter)
-        self.staged = StagedFS(registry, tree, reader, self.inodes, self.attrs)
+        self.staging_folders = StagingFolders(registry, tree, reader, self.inodes, self.attrs)
         self.versions = VersionViews(registry, tree, reader, self.inodes, self.attrs,
                                      self.attribution)
-        self.namespaces = NamespaceFolders(self.versions, self.staged)
+        self.namespaces = NamespaceFolders(self.versions, self.staging_folders)
 
     # -- dispatch ----------------------------------------------------------------------------
     def _kind(self, inode: int) -> tuple[NodeKind, tuple[Any, ...]]:
@@ -91,18 +91,18 @@ class Operations(pyfuse3.Operations):
         if isinstance(node, Namespace):
             return self.namespaces, (node,)
         if isinstance(node[0], StagingFolder):
-            return self.staged, node
+            return self.staging_folders, node
         return self.versions, node
 
     def _call(self, kind: NodeKind, coro: Awaitable[T]) -> Awaitable[T]:
         """Staging requests go through `staging_call` (OS errors keep their errno); the other
         kinds map the registry's failures themselves, around each registry call."""
-        return staging_call(coro) if kind is self.staged else coro
+        return staging_call(coro) if kind is self.staging_folders else coro
 
     def _staged(self, inode: int) -> tuple[StagingFolder, int] | None:
         """(area, node id) when the inode is inside a staging folder."""
         kind, node = self._kind(inode)
-        return node if kind is self.staged else None  # type: ignore[return-value]
+        return node if kind is self.staging_folders else None  # type: ignore[return-value]
 
     # -- lookups and attributes --------------------------------------------------------------
     async def lookup(self, parent_inode: int, name: bytes,
@@ -197,12 +197,12 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR if key.startswith("user.")
                                     else errno.EOPNOTSUPP)
         if key.startswith(PROGRESS_XATTR):
-            state = self.staged.commands.progress_of(key[len(PROGRESS_XATTR):])
+            state = self.staging_folders.commands.progress_of(key[len(PROGRESS_XATTR):])
             if state is None:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             return json.dumps(state).encode()
         if key.startswith(RESULT_XATTR):
-            reply = self.staged.commands.result(key[len(RESULT_XATTR):])
+            reply = self.staging_folders.commands.result(key[len(RESULT_XATTR):])
             if reply is None:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             return json.dumps(reply).encode()
@@ -277,7 +277,7 @@ class Operations(pyfuse3.Operations):
         if old is None or new is None or old[0] != new[0]:
             # Another artifact's staging folder, or a version: `mv` then copies and deletes.
             raise pyfuse3.FUSEError(errno.EXDEV)
-        await staging_call(self.staged.rename(old[0], old[1], old_name, new[1], new_name,
+        await staging_call(self.staging_folders.rename(old[0], old[1], old_name, new[1], new_name,
                                               flags))
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
@@ -293,7 +293,7 @@ class Operations(pyfuse3.Operations):
         if os.fsdecode(name) != CONTROL_XATTR:
             raise erofs()
         kind, node = self._kind(inode)
-        if kind is self.staged and node[1] == staging.ROOT:
+        if kind is self.staging_folders and node[1] == staging.ROOT:
             area = node[0]
         elif kind is self.namespaces and node[0].level == "artifact":
             area = self.inodes.staging(*node[0].parts)
@@ -303,7 +303,7 @@ class Operations(pyfuse3.Operations):
             request = json.loads(value)
         except ValueError:
             raise pyfuse3.FUSEError(errno.EINVAL) from None
-        await staging_call(self.staged.commands.control(area, request))
+        await staging_call(self.staging_folders.commands.control(area, request))
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise erofs()

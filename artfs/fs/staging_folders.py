@@ -73,7 +73,7 @@ def _write_and_hash(fd: int, buf: bytes, off: int, hasher: Any) -> int:
     return n
 
 
-class StagedFS(NodeKind):
+class StagingFolders(NodeKind):
     """Every request on a node inside some artifact's `@staging` folder."""
 
     def __init__(self, registry: Registry, tree: Tree, reader: Reader, inodes: InodeTable,
