@@ -23,7 +23,8 @@ from tests.test_gc import age_past_newest, check_live
 
 E, P = "tester", "uncategorized"
 
-#: Logs versions of `stream` for argv[1] seconds, appending each committed label to argv[2].
+#: Logs versions of `stream` for at least argv[1] seconds and 8 versions, until the file
+#: argv[3] exists, appending each committed label to argv[2].
 #: Every version has a unique small and (every third) large file, a file shared by all, and
 #: the bytes of version i-3's small file — usually a version deleted by then, so its blob is
 #: exactly what a gc collects while this log may be reusing it.
@@ -33,7 +34,7 @@ import sdk
 deadline = time.monotonic() + float(sys.argv[1])
 out = open(sys.argv[2], "a")
 i = 0
-while time.monotonic() < deadline or i < 8:
+while time.monotonic() < deadline or i < 8 or not os.path.exists(sys.argv[3]):
     src = f"src{i}"
     os.makedirs(src)
     files = {"unique.txt": f"v{i} ".encode() * 50, "shared.txt": b"shared by all",
@@ -84,25 +85,33 @@ def test_writer_loses_nothing_while_gc_runs_repeatedly(registry_url: str,
     log.touch()
     work = tmp_path / "writer"
     work.mkdir()
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, "30", str(log)], cwd=work,
-                              stderr=subprocess.PIPE, text=True)
+    stop = tmp_path / "stop"
+    errors = tmp_path / "writer.err"
+    with open(errors, "wb") as err_file:
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, "30", str(log), str(stop)],
+                                  cwd=work, stderr=err_file)
+    began = time.monotonic()
     reg = Registry(registry_url)
     gcs = 0
     deleted: set[int] = set()
     try:
         while writer.poll() is None:
+            if gcs >= 5:
+                stop.touch()  # the writer also runs its 30 s and 8 versions
+            if time.monotonic() - began > 600:
+                pytest.fail("the writer did not stop in 10 min (stuck waiting for a gc?)")
             live = reg.versions(E, P, "stream")
             for n in live[:-3]:  # old ones go; the writer reuses their bytes three later
                 reg.delete_version(ArtifactRef(E, P, "stream", f"v{n}"))
                 deleted.add(n)
             Collector(reg.store, reg.catalog, grace=0).run([E])
             gcs += 1
-        _, err = writer.communicate(timeout=300)
+        writer.wait(timeout=300)
     finally:
         if writer.poll() is None:
             writer.kill()
             writer.wait()
-    assert writer.returncode == 0, err
+    assert writer.returncode == 0, errors.read_text()
     committed = {int(line[1:]) for line in log.read_text().split()}
     assert len(committed) >= 8 and gcs >= 5, (len(committed), gcs)
     assert set(reg.versions(E, P, "stream")) == committed - deleted
@@ -112,7 +121,7 @@ def test_writer_loses_nothing_while_gc_runs_repeatedly(registry_url: str,
     age_past_newest(registry_url)
     assert main(["gc", "--grace", "0"]) == 0
     assert missing_objects(registry_url) == []
-    check_live([f"stream:v{n}" for n in sorted(committed - deleted)][-4:], tmp_path)
+    check_live([f"stream:v{n}" for n in sorted(committed - deleted)][-2:], tmp_path)
 
 
 @pytest.mark.slow
@@ -120,12 +129,12 @@ def test_gc_killed_at_random_points_then_rerun(
         registry_url: str, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(8):
+    for i in range(6):
         (src / "unique.txt").write_bytes(f"v{i} ".encode() * 40)
         (src / "big.bin").write_bytes(os.urandom(300 * 1024))
         (src / f"extra{i}.txt").write_bytes(os.urandom(1000))
         assert main(["put", str(src), "--name", "ds", "--type", "dataset", "-q"]) == 0
-    for n in (0, 2, 3, 5):
+    for n in (0, 2, 3):
         assert main(["delete", f"ds:v{n}"]) == 0
     age_past_newest(registry_url)
     rng = random.Random(20)
@@ -136,17 +145,18 @@ def test_gc_killed_at_random_points_then_rerun(
     began = time.monotonic()
     subprocess.run([*gc, "--dry-run"], env=env, check=True, stdout=subprocess.DEVNULL)
     span = time.monotonic() - began
-    kills = 0
-    for _ in range(10):
+    kills = attempts = 0
+    while kills < 10:
+        attempts += 1
+        assert attempts <= 40, f"only {kills} of 40 gcs were still running when killed"
         proc = subprocess.Popen(gc, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            proc.wait(timeout=rng.uniform(0.2, 1.0) * span)
+            proc.wait(timeout=rng.uniform(0.1, 0.9) * span)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.communicate()
         assert missing_objects(registry_url) == []
-    assert kills >= 5, f"only {kills} of 10 gcs were still running when killed"
     reg = Registry(registry_url)
     try:
         live = reg.versions(E, P, "ds")
@@ -156,7 +166,7 @@ def test_gc_killed_at_random_points_then_rerun(
     finally:
         reg.close()
     assert missing_objects(registry_url) == []
-    assert live == [1, 4, 6, 7]
+    assert live == [1, 4, 5]
     check_live([f"ds:v{n}" for n in live], tmp_path)
     # Everything a deleted version alone held is gone: the blobs left are the live ones.
     reg = Registry(registry_url)
