@@ -12,6 +12,7 @@ every object its version needs is still there.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -26,6 +27,8 @@ from .errors import CollectedUnderCommit, KeyNotFound
 from .procs import pid_alive
 from .records import decode, encode, now_iso
 from .store import Store
+
+log = logging.getLogger(__name__)
 
 #: A writer refreshes its lease this often while it uploads.
 LEASE_BEAT_S = 30.0
@@ -155,7 +158,13 @@ class Lease:
         return state.alive(info.mtime if info else state.mtime)
 
     def release(self) -> None:
+        """Let go of the lease. Best effort: the commit's own outcome (or error) is what the
+        caller must see; a lease left behind only makes gc spare a little more until its writer
+        is known dead (its pid on this host, or LEASE_DEAD_S without a refresh)."""
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
-        self.store.delete(self.key)
+        try:
+            self.store.delete(self.key)
+        except Exception as e:  # noqa: BLE001 - see above
+            log.warning("could not remove lease %s from %s: %s", self.key, self.store.url, e)
