@@ -250,13 +250,7 @@ class GCSStore(Store):
             ))
 
     def list(self, prefix: str) -> Iterator[str]:
-        strip = len(self._prefix)
-        blobs = self._client.list_blobs(
-            self._bucket, prefix=self._prefix + prefix, retry=DEFAULT_RETRY
-        )
-        with self._translate("listing", prefix):
-            for blob in blobs:
-                yield blob.name[strip:]
+        return (info.key for info in self.list_info(prefix))
 
     def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
         strip = len(self._prefix)

@@ -349,14 +349,7 @@ class S3Store(Store):
         return digest.hexdigest()
 
     def list(self, prefix: str) -> Iterator[str]:
-        strip = len(self._prefix)
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self._prefix + prefix
-        )
-        with self._translate("listing", prefix):
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    yield obj["Key"][strip:]
+        return (info.key for info in self.list_info(prefix))
 
     def list_dirs(self, prefix: str) -> list[str]:
         full = self._prefix + prefix
