@@ -163,7 +163,7 @@ class Catalog:
     def version_from(self, entity: str, project: str, name: str, number: int, record: bytes,
                      edits: bytes | None) -> Version:
         """Version `number` from the bytes of its record and of its later edits, if any."""
-        key = keys.artifact(entity, project, name).version(number)
+        key = f"v{number} of {entity}/{project}/{name}"  # for messages: cheaper than the key
         doc = decode(record, f"version record {key}")
         meta = decode(edits, "version metadata") if edits is not None else {}
         try:

@@ -123,16 +123,17 @@ class VersionListing:
         if self._edited is None:
             self._edited = self._list_edits()
         art = self._keys
-        wanted = [art.version(n) for n in numbers]
-        wanted += [art.meta(n) for n in numbers if n in self._edited]
-        data = self._fetch(wanted)
+        records = {n: art.version(n) for n in numbers}
+        edits = {n: art.meta(n) for n in numbers if n in self._edited}
+        data = self._fetch([*records.values(), *edits.values()])
         versions: list[Version] = []
-        for n in numbers:
-            record = data.get(art.version(n))
+        for n, key in records.items():
+            record = data.get(key)
             if record is None:  # deleted since it was listed
                 continue
+            edit = data.get(edits[n]) if n in edits else None
             v = self.registry.catalog.version_from(self.entity, self.project, self.name, n,
-                                                   record, data.get(art.meta(n)))
+                                                   record, edit)
             if v.deleted:
                 continue
             v.aliases = list(self._aliases.get(n, []))

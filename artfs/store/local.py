@@ -68,9 +68,12 @@ class LocalStore(Store):
 
     # -- paths -------------------------------------------------------------------------------
     def _path(self, key: str) -> Path:
+        return self.root / self._checked(key)
+
+    def _checked(self, key: str) -> str:
         if not key or key.startswith("/") or ".." in key.split("/"):
             raise StoreError(f"invalid store key {key!r} in {self.url}")
-        return self.root / key
+        return key
 
     def _mkdir(self, path: Path) -> None:
         if path not in self._dirs:
@@ -184,14 +187,20 @@ class LocalStore(Store):
 
     # -- Store -------------------------------------------------------------------------------
     def get(self, key: str) -> bytes:
-        return self.get_with_token(key)[0]
+        # A str path and no fstat: for the many small records a listing reads, building a Path
+        # cost as much as the read itself.
+        return self._read(key, f"{self.root}/{self._checked(key)}")[0]
 
     def get_with_token(self, key: str) -> tuple[bytes, str]:
-        path = self._path(key)
+        data, st = self._read(key, self._path(key), token=True)
+        assert st is not None
+        return data, _token(st)
+
+    def _read(self, key: str, path: Path | str, *, token: bool = False
+              ) -> tuple[bytes, os.stat_result | None]:
         try:
             with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                return f.read(), _token(st)
+                return f.read(), os.fstat(f.fileno()) if token else None
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
             raise KeyNotFound(f"{key!r} not found in registry {self.url}") from e
         except PermissionError as e:
