@@ -334,12 +334,16 @@ class Artifact(VersionFiles):
                 run=run,
                 before_commit=barrier,
             )
-        self._bind(registry, result.version, None)
+        version = result.version
+        if self._ttl != "unset":  # W&B: a TTL set on the draft applies to the logged version
+            version = registry.retention.set_ttl(version, self._ttl)  # type: ignore[arg-type]
+            self._ttl = "unset"
+        self._bind(registry, version, None)
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
         self._contents.logged(keep_cache=not self._skip_cache)
-        return result.version
+        return version
 
     def _bind(self, registry: Registry, version: Version,
               manifest: ArtifactManifest | None) -> None:

@@ -149,6 +149,19 @@ def test_keep_last_and_ttl_delete_exactly_what_they_should(
     assert sdk.Api().artifact("ds:v3").ttl is None
 
 
+def test_a_ttl_set_before_logging_applies_to_the_version(registry_url: str,
+                                                        tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_bytes(b"short-lived")
+    art = sdk.Artifact("tmp", type="dataset")
+    art.add_file(str(tmp_path / "f.txt"))
+    art.ttl = timedelta(days=2)
+    with sdk.init(job_type="test") as run:
+        run.log_artifact(art)
+    assert sdk.Api().artifact("tmp:v0").ttl == timedelta(days=2)
+    assert main(["gc"]) == 0
+    assert sdk.Api().artifact("tmp:v0").state == "COMMITTED"
+
+
 def test_bad_durations_and_policies_change_nothing(
         registry_url: str, log_files: Callable[..., sdk.Artifact],
         capsys: pytest.CaptureFixture[str]) -> None:
