@@ -9,12 +9,12 @@ is one copy, and it is the one the registry ends up holding:
 - elsewhere it goes into a spool folder of this machine's cache, which eviction leaves alone
   until the upload is done; then it becomes an ordinary (evictable) cache entry.
 
-The bytes are hashed on a background thread while the kernel copies them, so `add_file` costs
-about what `cp` does; a digest asked for before the log waits for that hash (computed once).
-A file whose stat matches the hash table is not read at all when its blob is already at hand
-(the registry's, or the cache's, linked). A copy whose entry is removed or replaced, or whose
-draft is dropped unlogged, is deleted at once; one left by a crashed process is swept with
-the store's temporary files or the cache's spools.
+The copy is hashed on a background thread, so `add_file` costs about what `cp` does; a digest
+asked for before the log waits for that hash (it is computed once). A file whose stat matches
+the hash table is not read at all when its blob is already at hand (the registry's, or the
+cache's, linked). A copy whose entry is removed or replaced, or whose draft is dropped
+unlogged, is deleted at once; one left by a crashed process is swept with the store's
+temporary files or the cache's spools.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import keys
 from .blobs import Blobs, Source
-from .errors import FileChangedError, SourceError
+from .errors import SourceError
 from .hashing import SMALL_FILE, copy_and_hash, copy_file, hash_file, stat_key
 
 #: Hashing is CPU-bound and the caller keeps copying meanwhile: two threads share the cores.
@@ -119,14 +119,8 @@ class Copies:
                 future = _done(found)
                 hashed.append((file, after, found))
             else:
-                copied: Future[os.stat_result] = Future()
-                future = _HASHERS.submit(self._hash, file, copied, dest)
-                try:
-                    after = copy_file(file, dest)
-                except BaseException as e:
-                    copied.set_exception(e)
-                    raise
-                copied.set_result(after)
+                after = copy_file(file, dest)
+                future = _HASHERS.submit(self._hash, file, after, dest)
         except BaseException:
             self._forget(dest)
             raise
@@ -152,20 +146,10 @@ class Copies:
             return None
         return dest, True
 
-    def _hash(self, file: str, copied: Future[os.stat_result], copy: Path) -> str:
-        """The SHA-256 of the copy. The user's file is hashed while the kernel copies it (both
-        read the same cached pages, so the digest is ready about when the copy is): unchanged
-        from the copy to the end of this hash (an equal stat: any write moves its ctime), its
-        digest is the copy's. Changed meanwhile, the copy itself is read."""
-        try:
-            digest, st = hash_file(file)
-        except (OSError, FileChangedError):
-            digest, st = "", None
-        after = copied.result()
-        if st is None or stat_key(st) != stat_key(after):
-            digest, _ = hash_file(copy)
+    def _hash(self, file: str, st: os.stat_result, copy: Path) -> str:
+        digest, _ = hash_file(copy)
         # The user's file, unchanged since, need not be read when it is added again.
-        self.blobs.hashes.record([(file, after, digest)])
+        self.blobs.hashes.record([(file, st, digest)])
         return digest
 
     def _new_file(self) -> Path:
