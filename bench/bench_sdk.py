@@ -197,12 +197,12 @@ def _filter_s3(w: Path, runs: int, count: int, edited: int, expected: int) -> li
     opened: list[Registry] = []
 
     def cold() -> None:
-        """A machine that never listed these versions: an empty cache folder."""
+        """A machine that never listed these versions: a cache folder never used (a new name:
+        this process still holds the tables of a removed one open)."""
         for r in opened:
             r.close()
         opened.clear()
-        remove(w / "cache-s3")
-        opened.append(Registry(url, cache_dir=w / "cache-s3"))
+        opened.append(Registry(url, cache_dir=w / f"cache-s3-{uuid.uuid4().hex[:8]}"))
 
     cold()
     seen: Counter = Counter()
