@@ -10,7 +10,9 @@ them into requests, when a reader is sequential); the mount drives it with trio 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Container, Iterable, Sequence
+from pathlib import Path
 
 MiB = 1024 * 1024
 #: Remote blobs up to this size are fetched whole and verified before the first byte is
@@ -97,3 +99,28 @@ class Sequential:
             self.window = 0
         self.next_off = max(self.next_off, off + size) if self.window else off + size
         return self.window
+
+
+class BlockFile:
+    """A blob's sparse file filled block by block, and what both of its fillers (the mount's
+    `PartialBlob`, `artfs://`'s `StreamedBlob`) track about it; they add how fetches and the
+    hash run (trio tasks or threads)."""
+
+    def __init__(self, digest: str, size: int, file: Path) -> None:
+        self.digest = digest
+        self.size = size
+        self.file = file
+        self.fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(self.fd, size)
+        self.blocks = blocks_of(size)
+        self.present = bytearray(self.blocks)
+        self.missing = self.blocks
+        #: Bytes [0, hashed) are in the running SHA-256; only the one hashing task moves it.
+        self.hashed = 0
+        self.hashing = False
+        self.error: str | None = None
+        self.verified = False
+        self.users = 0
+        #: Tasks that may still touch `fd`: the file is closed only once none does.
+        self.busy = 0
+        self.closed = False

@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import IntegrityError
-from .readahead import BLOCK, PART, blocks_of, part_runs, read_ahead_blocks
+from .readahead import BLOCK, PART, BlockFile, part_runs, read_ahead_blocks
 
 
-class StreamedBlob:
+class StreamedBlob(BlockFile):
     """One large remote blob being fetched into `file`; shared by every open file of it.
 
     `fetch_range(offset, length)` returns unverified bytes (`Blobs.read_range`); `adopt(file)`
@@ -34,33 +34,20 @@ class StreamedBlob:
     def __init__(self, digest: str, size: int, fetch_range: Callable[[int, int], bytes],
                  adopt: Callable[[Path], object], file: Path, pool: ThreadPoolExecutor,
                  hasher: ThreadPoolExecutor, part: int = PART) -> None:
-        self.digest = digest
-        self.size = size
+        super().__init__(digest, size, file)
         self.fetch_range = fetch_range
         self.adopt = adopt
-        self.file = file
         self.pool = pool
         self.hasher_pool = hasher
         self.part = part
-        self.fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self.fd, size)
         self.map = mmap.mmap(self.fd, size, prot=mmap.PROT_READ) if size else None
-        self.blocks = blocks_of(size)
-        self.present = bytearray(self.blocks)
-        self.missing = self.blocks if size else 0
+        if not size:
+            self.missing = 0
         #: Blocks whose GET is running.
         self.pending: set[int] = set()
         self.cond = threading.Condition()
+        #: SHA-256 of bytes [0, hashed).
         self.sha = hashlib.sha256()
-        #: Bytes [0, hashed) are in `sha`; only the running hash task moves it.
-        self.hashed = 0
-        self.hashing = False
-        self.error: str | None = None
-        self.verified = False
-        self.users = 0
-        #: Fetch and hash tasks still running: the file is closed once none is.
-        self.busy = 0
-        self.closed = False
         if size == 0:
             self.present[0] = 1
             self._kick()

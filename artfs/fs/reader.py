@@ -45,6 +45,7 @@ from ..readahead import (  # noqa: F401 - PART, READ_AHEAD_MAX: named here by th
     PART,
     READ_AHEAD_MAX,
     WHOLE_FETCH_MAX,
+    BlockFile,
     Sequential,
     blocks_of,
     part_runs,
@@ -249,7 +250,7 @@ class LocalHandle(Handle):
         os.close(self.fd)
 
 
-class PartialBlob:
+class PartialBlob(BlockFile):
     """A large remote blob being fetched into a sparse file of this mount's work folder.
 
     Shared by every open handle of that blob in this mount. Bytes come from ranged GETs of at
@@ -262,30 +263,15 @@ class PartialBlob:
 
     def __init__(self, reader: Reader, digest: str, size: int,
                  fetch_range: Callable[[int, int], bytes], file: Path) -> None:
+        super().__init__(digest, size, file)
         self.reader = reader
-        self.digest = digest
-        self.size = size
         self.fetch_range = fetch_range
-        self.file = file
-        self.fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self.fd, size)
         #: Hashing and replies read the fetched bytes through this mapping, straight from the
         #: page cache the fetches wrote them into: two copies per byte fewer than `pread`.
         self.mapped = Mapped(self.fd, size)
-        self.blocks = blocks_of(size)
-        self.present = bytearray(self.blocks)
-        self.missing = self.blocks
         self.pending: dict[int, trio.Event] = {}
-        #: SHA-256 of bytes [0, hashed); only the one hashing task touches it.
+        #: SHA-256 of bytes [0, hashed).
         self.hasher = hashlib.sha256()
-        self.hashed = 0
-        self.hashing = False
-        self.error: str | None = None
-        self.verified = False
-        self.users = 0
-        #: Tasks that may still touch `fd`; the file is closed only when they are done.
-        self.busy = 0
-        self.closed = False
 
     # -- ranged fetches ----------------------------------------------------------------------
     def _start(self, blocks: list[int]) -> list[trio.Event]:
