@@ -28,20 +28,12 @@ from .manifest import Manifest
 from .names import ArtifactRef, check_alias, check_name, parse_ref
 from .registry import Registry, Source, Version, check_metadata, check_unique, init_registry
 from .retention import parse_duration
+from .units import human
 
 
 def _count(n: int, noun: str, plural: str | None = None) -> str:
     """`1 file`, `2 files`: every count a user reads goes through here."""
     return f"{n} {noun}" if n == 1 else f"{n:,} {plural or noun + 's'}"
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -90,7 +82,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
         for v in reg.versions(e, p, n):
             rec = reg.version(ArtifactRef(e, p, n, f"v{v}"), with_aliases=False)
             aliases = ",".join(sorted(by_version.get(v, [])))
-            print(f"v{v}\t{_human(rec.size)}\t{_count(rec.file_count, 'file')}\t"
+            print(f"v{v}\t{human(rec.size)}\t{_count(rec.file_count, 'file')}\t"
                   f"{rec.created_at}\t{aliases}")
 
 
@@ -102,7 +94,7 @@ def _ls_filtered(reg: Registry, e: str, p: str, n: str, raw: str) -> None:
         raise InvalidFilter(f"--filter is not valid JSON: {err}") from None
     for rec in sorted(VersionListing(reg, e, p, n, filters=spec, per_page=1000),
                       key=lambda v: v.version):
-        print(f"{rec.label}\t{_human(rec.size)}\t{_count(rec.file_count, 'file')}\t"
+        print(f"{rec.label}\t{human(rec.size)}\t{_count(rec.file_count, 'file')}\t"
               f"{rec.created_at}\t{','.join(rec.aliases)}")
 
 
@@ -130,7 +122,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     for key in ("registry", "artifact", "type", "version", "aliases", "versions", "digest"):
         val = info[key]
         print(f"{key + ':':13}{', '.join(val) if isinstance(val, list) else val}")
-    print(f"{'size:':13}{_human(v.size)} in {_count(v.file_count, 'file')}")
+    print(f"{'size:':13}{human(v.size)} in {_count(v.file_count, 'file')}")
     print(f"{'created_at:':13}{v.created_at}")
     if v.description:
         print(f"{'description:':13}{v.description}")
@@ -142,7 +134,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     print("files:")
     for e in sorted(manifest.values(), key=lambda e: e.path):
         where = e.ref or e.digest
-        print(f"  {e.path}\t{_human(e.size) if e.size is not None else '?'}\t{where}")
+        print(f"  {e.path}\t{human(e.size) if e.size is not None else '?'}\t{where}")
 
 
 def _inputs(reg: Registry, v: Version) -> list[str]:
@@ -305,7 +297,7 @@ def cmd_gc(args: argparse.Namespace) -> None:
     total = 0
     for r in collector.run():
         total += r.bytes
-        parts = [f"{_count(f.count, kind[:-1])}" + (f" ({_human(f.bytes)})" if f.bytes else "")
+        parts = [f"{_count(f.count, kind[:-1])}" + (f" ({human(f.bytes)})" if f.bytes else "")
                  for kind, f in r.freed.items() if f.count]
         print(f"{r.entity}: {verb} {', '.join(parts) or 'nothing'}; "
               f"{_count(r.live_versions, 'live version')}"
@@ -314,7 +306,7 @@ def cmd_gc(args: argparse.Namespace) -> None:
             expired = "would expire" if args.dry_run else "expired"
             print(f"{r.entity}: {expired} {', '.join(r.expired)}")
     temp = collector.sweep_temp()
-    print(f"{verb} {_human(total)} in {reg.url}"
+    print(f"{verb} {human(total)} in {reg.url}"
           f"{'; ' + _count(temp, 'temporary file') if temp else ''}")
 
 
@@ -351,13 +343,13 @@ def cmd_cache(args: argparse.Namespace) -> None:
     # The cache is this machine's, shared by every registry: no registry needs to exist.
     cache = LocalCache()
     if args.clean:
-        print(f"freed {_human(cache.clean())} from {cache.root}")
+        print(f"freed {human(cache.clean())} from {cache.root}")
         return
     u = cache.usage()
     print(f"{cache.root}: {_count(u.blobs[0], 'blob')}, "
           f"{_count(u.indexes[0], 'version index', 'version indexes')}, "
-          f"{_human(u.blobs[1] + u.indexes[1])} of {_human(cache.blobs.limit)}; "
-          f"{_human(u.other[1])} more in tables and partial reads")
+          f"{human(u.blobs[1] + u.indexes[1])} of {human(cache.blobs.limit)}; "
+          f"{human(u.other[1])} more in tables and partial reads")
 
 
 # -- parser -------------------------------------------------------------------------------------

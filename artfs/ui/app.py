@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from flask import Flask, Response, redirect, render_template, request
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound
 
+from .. import units
 from ..errors import ArtfsError, ArtifactNotFound, InvalidName, KeyNotFound
 from ..names import ArtifactRef, is_name, parse_version
 from ..registry import Registry, Version
@@ -67,12 +68,7 @@ def _int_arg(name: str, default: int, low: int = 0, high: int | None = None) -> 
 def human(n: int | None) -> str:
     if n is None:
         return "?"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+    return units.human(n)
 
 
 def when(iso: str | None) -> str:
