@@ -75,12 +75,7 @@ class Deleter:
             if alias == LATEST:
                 self._move_latest_back(art, number)
                 continue
-            key = art.alias(alias)
-            try:
-                if decode(self.store.get(key), f"alias record {key}").get("version") == number:
-                    self.store.delete(key)
-            except KeyNotFound:
-                pass
+            self._delete_if_names(art.alias(alias), "alias record", number)
 
     def _move_latest_back(self, art: keys.ArtifactKeys, number: int) -> None:
         """Point `latest` at the newest live version, by compare-and-swap: a commit that moves
@@ -103,9 +98,12 @@ class Deleter:
 
     def _drop_digest(self, art: keys.ArtifactKeys, digest: str, number: int) -> None:
         """Forget that `digest` is `number`, so the same files logged again are a new version."""
-        key = art.digest(digest)
+        self._delete_if_names(art.digest(digest), "digest record", number)
+
+    def _delete_if_names(self, key: str, what: str, number: int) -> None:
+        """Delete the record at `key` if it still names version `number` (gone already: fine)."""
         try:
-            if decode(self.store.get(key), f"digest record {key}").get("version") == number:
+            if decode(self.store.get(key), f"{what} {key}").get("version") == number:
                 self.store.delete(key)
         except KeyNotFound:
             pass
