@@ -163,8 +163,10 @@ class Catalog:
     def version_from(self, entity: str, project: str, name: str, number: int, record: bytes,
                      edits: bytes | None) -> Version:
         """Version `number` from the bytes of its record and of its later edits, if any."""
-        key = f"v{number} of {entity}/{project}/{name}"  # for messages: cheaper than the key
-        doc = decode(record, f"version record {key}")
+        def where() -> str:  # built only for a message: a key per record costs when listing
+            return f"version record {keys.artifact(entity, project, name).version(number)}"
+
+        doc = decode(record, where)
         meta = decode(edits, "version metadata") if edits is not None else {}
         try:
             v = Version(
@@ -187,9 +189,9 @@ class Catalog:
                 v.deleted_at = str(doc["deleted"].get("at"))
                 v.deleted_by = doc["deleted"].get("by")
         except (KeyError, TypeError, ValueError) as e:
-            raise CorruptRecord(f"version record {key} is missing {e}") from e
+            raise CorruptRecord(f"{where()} is missing {e}") from e
         if doc.get("version") != number or not is_sha256(v.digest):
-            raise CorruptRecord(f"version record {key} does not describe v{number}")
+            raise CorruptRecord(f"{where()} does not describe v{number}")
         return v
 
     def manifest(self, version: Version) -> Manifest:

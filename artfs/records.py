@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,16 +21,21 @@ def encode(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def decode(data: bytes | str, what: str,
+def decode(data: bytes | str, what: str | Callable[[], str],
            error: type[ArtfsError] = CorruptRecord) -> dict[str, Any]:
-    """A JSON object, or `error` naming `what` (e.g. "alias record <key>", "--config")."""
+    """A JSON object, or `error` naming `what` (e.g. "alias record <key>", "--config"); `what`
+    may be a function, called only for the message, where building it costs in a hot loop."""
     try:
         doc = json.loads(data)
     except ValueError as e:
-        raise error(f"{what} is not valid JSON: {e}") from e
+        raise error(f"{_label(what)} is not valid JSON: {e}") from e
     if not isinstance(doc, dict):
-        raise error(f"{what} is not a JSON object")
+        raise error(f"{_label(what)} is not a JSON object")
     return doc
+
+
+def _label(what: str | Callable[[], str]) -> str:
+    return what() if callable(what) else what
 
 
 @dataclass
