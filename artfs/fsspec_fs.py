@@ -30,7 +30,7 @@ from typing import Any
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem, _Cached
 
 from . import config, refs, staging
-from .blobs import Origin
+from .blob_reads import Origin
 from .errors import ArtifactNotFound, IntegrityError, ReferenceError_, StoreError
 from .fsspec_staging import PROTOCOL, STAGING, StagingSide, url
 from .fsspec_staging import ReadOnlyPath as ReadOnlyPath

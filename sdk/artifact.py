@@ -14,15 +14,16 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from artfs import config, refs
 from artfs.errors import ArtfsError, DuplicateEntry, SourceError
 from artfs.hashing import hash_file
-from artfs.names import ArtifactRef, check_entry_path, check_name
+from artfs.names import check_entry_path, check_name
 from artfs.registry import Registry, RunRecord, Version
 from artfs.retention import expiry, ttl_of
 
 from .contents import POLICIES, DraftContents, Item, entry_path, scan
 from .files import ArtifactManifest, Entry, VersionFiles
+from .links import VersionLinks
 
 if TYPE_CHECKING:
-    from .wandb_run import Run
+    pass
 
 __all__ = ["POLICIES", "Artifact", "ArtifactManifest", "ArtifactStateError", "Entry"]
 
@@ -31,7 +32,7 @@ class ArtifactStateError(ArtfsError):
     """An operation that needs a logged artifact on a draft, or the reverse."""
 
 
-class Artifact(VersionFiles):
+class Artifact(VersionFiles, VersionLinks):
     """A W&B-style artifact: build it with `add_*`, log it with `Run.log_artifact`.
 
     `incremental` and `use_as` are taken for W&B scripts and change nothing: every log here
@@ -428,29 +429,6 @@ class Artifact(VersionFiles):
             expires_at=expires_at)
         self._ttl = "unset"
         self._bind(reg, updated, self._manifest)
-
-    def delete(self, delete_aliases: bool = False) -> None:
-        """Delete this version (W&B): refused while aliases name it unless `delete_aliases`;
-        its bytes are freed by `artfs gc` once no other version needs them."""
-        v = self._logged()
-        self._version = self._client().delete_version(
-            ArtifactRef(v.entity, v.project, v.name, v.label), delete_aliases=delete_aliases)
-
-    def logged_by(self) -> Run | None:
-        from .wandb_run import Run
-
-        v = self._logged()
-        if not v.logged_by:
-            return None
-        entity, project, run_id = v.logged_by.split("/")
-        reg = self._client()
-        return Run._from_record(reg, reg.get_run(entity, project, run_id))
-
-    def used_by(self) -> list[Run]:
-        from .wandb_run import Run
-
-        reg = self._client()
-        return [Run._from_record(reg, r) for r in reg.used_by(self._logged())]
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -37,7 +37,7 @@ import outcome
 import trio
 
 from .. import refs
-from ..blobs import Origin
+from ..blob_reads import Origin
 from ..errors import ArtfsError
 from ..manifest import Entry
 from ..readahead import (  # noqa: F401 - PART, READ_AHEAD_MAX: named here by the tests
