@@ -587,40 +587,42 @@ def commit(
     references: list[Entry] = []
     links = area.folder / f"commit-{uuid.uuid4().hex}"
     links.mkdir()
-    try:
-        hashed: list[tuple[str, Path]] = []
-        for path, node in sorted(snap.tree.items()):
-            if node.kind == "local" and node.digest is not None:
-                # A link, not the file: the staging folder keeps showing it until the rebase.
-                link = links / node.content  # type: ignore[operator]
-                os.link(area.file(node), link)
-                hashed.append((node.digest, link))
-                node = node._replace(kind="base")
-            if node.kind == "base":
-                references.append(node.entry(path))
-            else:
-                file = area.file(node)
-                sources.append(Source(path, file, stat_key(os.stat(file))))
-        progress.expect(sum(os.stat(f).st_size for _, f in hashed)
-                        + sum(os.stat(s.file).st_size for s in sources))
-        registry.put_blob_files(e, hashed, move=True)
-    finally:
-        shutil.rmtree(links, ignore_errors=True)
-    own_run = run is None
-    if run is None:
-        run = registry.start_run(e, p, job_type)
-    for used in inputs:
-        registry.record_use(used, run)
-    try:  # `before_commit` may cancel: the last moment at which nothing is committed yet
-        result: CommitResult = registry.log_version(
-            e, p, n, kind, sources, references, aliases=aliases, description=description,
-            metadata=metadata, run=run, before_commit=before_commit)
-    except BaseException:
+    # One lease from the first upload to the version record: a gc meanwhile spares these blobs.
+    with registry.lease(e):
+        try:
+            hashed: list[tuple[str, Path]] = []
+            for path, node in sorted(snap.tree.items()):
+                if node.kind == "local" and node.digest is not None:
+                    # A link, not the file: the staging folder keeps showing it until the rebase.
+                    link = links / node.content  # type: ignore[operator]
+                    os.link(area.file(node), link)
+                    hashed.append((node.digest, link))
+                    node = node._replace(kind="base")
+                if node.kind == "base":
+                    references.append(node.entry(path))
+                else:
+                    file = area.file(node)
+                    sources.append(Source(path, file, stat_key(os.stat(file))))
+            progress.expect(sum(os.stat(f).st_size for _, f in hashed)
+                            + sum(os.stat(s.file).st_size for s in sources))
+            registry.put_blob_files(e, hashed, move=True)
+        finally:
+            shutil.rmtree(links, ignore_errors=True)
+        own_run = run is None
+        if run is None:
+            run = registry.start_run(e, p, job_type)
+        for used in inputs:
+            registry.record_use(used, run)
+        try:  # `before_commit` may cancel: the last moment at which nothing is committed yet
+            result: CommitResult = registry.log_version(
+                e, p, n, kind, sources, references, aliases=aliases, description=description,
+                metadata=metadata, run=run, before_commit=before_commit)
+        except BaseException:
+            if own_run:
+                registry.finish_run(run, failed=True)
+            raise
         if own_run:
-            registry.finish_run(run, failed=True)
-        raise
-    if own_run:
-        registry.finish_run(run)
+            registry.finish_run(run)
     area.rebase(snap, result.version, registry.manifest(result.version))
     v = result.version
     if result.created:
